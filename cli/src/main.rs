@@ -1,0 +1,178 @@
+//! `bizra-node`: the daemon (`start`), its set-up (`init`), client commands
+//! that speak JSON-RPC like any client (`attest`, `status`), and the local
+//! testnet (`testnet up`).
+//!
+//! A thin binary: parsing and printing here, everything else in the library
+//! crates. `anyhow` lives only at this edge.
+
+mod bench;
+mod client;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// bizra-node: a validator for signed Proof-of-Impact attestations.
+#[derive(Parser)]
+#[command(name = "bizra-node", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format of daemon logs (stderr); filter with RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node key (mode 0600) and a default config in a data directory.
+    Init {
+        /// Data directory to create.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Where to write the config (default: DATA_DIR/../config.toml).
+        #[arg(long)]
+        config_out: Option<PathBuf>,
+    },
+    /// Run the node until SIGINT or SIGTERM.
+    Start {
+        /// Config file (TOML); see docs/CONFIG.md.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make, sign and submit an attestation.
+    Attest(client::AttestArgs),
+    /// Show a node's status.
+    Status {
+        /// The node's JSON-RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:7710")]
+        rpc: String,
+    },
+    /// Bounded load against running nodes (signing happens before timing).
+    Bench(bench::BenchArgs),
+    /// Local clusters for developers.
+    Testnet {
+        #[command(subcommand)]
+        command: TestnetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestnetCommand {
+    /// Start a local cluster of real node processes; Ctrl-C stops it.
+    Up {
+        /// Number of validator nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
+        /// Directory for keys, genesis, configs, data and logs (kept).
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            data_dir,
+            config_out,
+        } => init(data_dir, config_out),
+        Command::Start { config } => {
+            init_tracing(cli.log_format);
+            start(config)
+        }
+        Command::Attest(args) => client::attest(args),
+        Command::Status { rpc } => client::status(&rpc),
+        Command::Bench(args) => bench::run(args),
+        Command::Testnet { command } => match command {
+            TestnetCommand::Up { nodes, dir } => {
+                bizra_testnet::run_up(&dir, usize::from(nodes), None)
+                    .context("testnet up failed")
+            }
+        },
+    }
+}
+
+fn init(data_dir: PathBuf, config_out: Option<PathBuf>) -> Result<()> {
+    let key_path = data_dir.join(bizra_node::keyfile::NODE_KEY_FILE);
+    let key = bizra_crypto::keys::generate();
+    bizra_node::keyfile::write_new(&key_path, &key)?;
+    let config_path = config_out.unwrap_or_else(|| {
+        data_dir
+            .parent()
+            .map(|p| p.join("config.toml"))
+            .unwrap_or_else(|| PathBuf::from("config.toml"))
+    });
+    if config_path.exists() {
+        bail!(
+            "{} exists; not overwriting it (the node key was written to {})",
+            config_path.display(),
+            key_path.display()
+        );
+    }
+    let config = bizra_node::Config {
+        data_dir: std::path::absolute(&data_dir)?,
+        ..Default::default()
+    };
+    std::fs::write(&config_path, config.to_toml())
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let public_key = key.verifying_key().to_bytes();
+    println!("node key:   {}", key_path.display());
+    println!("config:     {}", config_path.display());
+    println!("public key: {}", bizra_crypto::hex::encode(&public_key));
+    println!("peer id:    {}", bizra_node::peer_id_of(&public_key));
+    println!("node id:    {}", bizra_crypto::node_id(&public_key));
+    println!("Add the public key to the validators of genesis.json, set `genesis` and `p2p.peers` in the config, then run: bizra-node start --config {}", config_path.display());
+    Ok(())
+}
+
+fn start(config_path: PathBuf) -> Result<()> {
+    let config = bizra_node::Config::load(&config_path)?;
+    let listener = bizra_node::bind_rpc(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bizra-node")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        bizra_node::run(config, listener, shutdown_signal()).await?;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

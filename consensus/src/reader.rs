@@ -1,0 +1,73 @@
+//! The node's read path into the committed chain.
+//!
+//! Owns: [`ChainReader`], read-only views of the state tables that work
+//! while the Raft core owns the state machine (it holds its own sled tree
+//! handle). Must not: write, or promise linearizability: it reflects what
+//! this node has applied (callers that need more use
+//! `Raft::ensure_linearizable` first).
+
+use bizra_crypto::Hash;
+use bizra_storage::{IndexEntry, StateTables, StoredAttestation, StoredBlock};
+use openraft::LogId;
+
+use crate::error::ConsensusError;
+
+/// Read-only access to this node's applied chain state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ChainReader {
+    tables: StateTables,
+}
+
+impl ChainReader {
+    pub(crate) fn new(tables: StateTables) -> Self {
+        ChainReader { tables }
+    }
+
+    /// The committed attestation with this id, where it is, and its
+    /// block's hash (`poi_getAttestation`, receipts, dedup at admission).
+    pub fn attestation(&self, id: &Hash) -> Result<Option<StoredAttestation>, ConsensusError> {
+        Ok(self.tables.attestation(id)?)
+    }
+
+    /// The block at `height` (1, 2, …).
+    pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, ConsensusError> {
+        Ok(self.tables.block(height)?)
+    }
+
+    /// The block with this hash.
+    pub fn block_by_hash(&self, hash: &Hash) -> Result<Option<StoredBlock>, ConsensusError> {
+        Ok(self.tables.block_by_hash(hash)?)
+    }
+
+    /// The latest applied block, `None` before the first one.
+    pub fn head(&self) -> Result<Option<StoredBlock>, ConsensusError> {
+        Ok(self.tables.head()?)
+    }
+
+    /// A page of `attester`'s attestations, oldest first, strictly after
+    /// the position `after` = (height, index) (`poi_listByAttester`).
+    pub fn by_attester(
+        &self,
+        attester: &[u8; 32],
+        after: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, ConsensusError> {
+        Ok(self.tables.by_attester(attester, after, limit)?)
+    }
+
+    /// A page of the attestations of one `poi_hash`, oldest first, strictly
+    /// after `after` (`poi_getImpact`).
+    pub fn by_poi_hash(
+        &self,
+        poi_hash: &[u8; 32],
+        after: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, ConsensusError> {
+        Ok(self.tables.by_poi_hash(poi_hash, after, limit)?)
+    }
+
+    /// The last Raft log id this node applied (what the reads reflect).
+    pub fn last_applied(&self) -> Result<Option<LogId<u64>>, ConsensusError> {
+        Ok(self.tables.applied_state()?.0)
+    }
+}

@@ -1,0 +1,248 @@
+//! openraft's `RaftStateMachine` over the storage's state tables.
+//!
+//! Owns: running apply off the async threads, snapshot build, persist and
+//! install. Must not: make decisions of its own about blocks (that is
+//! `apply`), or let the Raft log be purged behind state that is not
+//! durable.
+//!
+//! Snapshots. `get_snapshot_builder` runs on the state machine's own task,
+//! between applies, so it exports the tables there (a consistent view);
+//! the builder then syncs the database (so that a power loss can no longer
+//! roll the state back behind the snapshot, whose log openraft is about to
+//! purge), and writes the snapshot file durably before returning.
+//!
+//! Install, and what a crash does to it: the received data is decoded and
+//! checked first; then the snapshot file is replaced (atomic rename, fsync);
+//! then the tables are replaced in one sled batch. A crash before the
+//! rename leaves the old state and old snapshot (Raft sends the snapshot
+//! again). A crash after it leaves a snapshot newer than the tables (old
+//! state, or the new one not yet durable); [`crate::open`] then re-installs
+//! it from the file before Raft starts. The tables are never half-replaced
+//! (sled batches are atomic across crashes).
+
+use std::io::Cursor;
+
+use bizra_crypto::Hash;
+use bizra_storage::{MembershipOf, SnapshotMetaOf, StateTables, Store, StorageError as DiskError};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+
+use crate::apply::apply_entry;
+use crate::types::{Entry, Response, TypeConfig};
+
+type RaftStorageError = openraft::StorageError<u64>;
+
+/// The state machine of a bizra node. Created by [`crate::open`]; handed
+/// to `Raft::new`, which then owns it (reads go through
+/// [`ChainReader`](crate::ChainReader)).
+pub struct StateMachine {
+    store: Store,
+    tables: StateTables,
+    chain_id: Hash,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn task_err(e: tokio::task::JoinError) -> RaftStorageError {
+    StorageIOError::write_state_machine(AnyError::error(format!("blocking task failed: {e}"))).into()
+}
+
+impl StateMachine {
+    pub(crate) fn new(store: Store, chain_id: Hash) -> Self {
+        let tables = store.state();
+        StateMachine {
+            store,
+            tables,
+            chain_id,
+        }
+    }
+
+    /// The underlying store (sync counters, tables).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Builds a snapshot from tables exported at creation time.
+pub struct SnapshotBuilder {
+    store: Store,
+    captured: Result<(Vec<u8>, Option<LogId<u64>>, MembershipOf), DiskError>,
+}
+
+impl std::fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBuilder").finish_non_exhaustive()
+    }
+}
+
+/// A snapshot id that is the same on every node for the same state, so
+/// nothing random or clock-based is needed.
+fn snapshot_id(last: &Option<LogId<u64>>) -> String {
+    match last {
+        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
+        None => "empty".to_owned(),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let (data, last_log_id, last_membership) = match std::mem::replace(
+            &mut self.captured,
+            Err(DiskError::InvalidSnapshot("builder used twice".into())),
+        ) {
+            Ok(c) => c,
+            Err(e) => return Err(StorageIOError::read_state_machine(AnyError::new(&e)).into()),
+        };
+        let meta = SnapshotMetaOf {
+            snapshot_id: snapshot_id(&last_log_id),
+            last_log_id,
+            last_membership,
+        };
+        let signature = Some(meta.signature());
+        let write_err = |e: &(dyn std::error::Error + 'static)| -> RaftStorageError {
+            StorageIOError::write_snapshot(signature.clone(), AnyError::from_dyn(e, None)).into()
+        };
+        // The state up to `last_log_id` must be durable before the snapshot
+        // lets openraft purge the log that could rebuild it.
+        self.store.sync().await.map_err(|e| write_err(&e))?;
+        let store = self.store.clone();
+        let file_meta = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            store.snapshot_file().save(&file_meta, &data).map(|()| data)
+        })
+        .await
+        .map_err(|e| write_err(&e))?
+        .map_err(|e| write_err(&e))?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, openraft::BasicNode>), RaftStorageError> {
+        self.tables.applied_state().map_err(sm_read_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let tables = self.tables.clone();
+        let chain_id = self.chain_id;
+        // Signature checks are CPU-bound (about 1000 per block): keep them
+        // off the async worker threads.
+        tokio::task::spawn_blocking(move || {
+            let mut responses = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let log_id = entry.log_id;
+                let response = apply_entry(&tables, &chain_id, entry).map_err(|e| {
+                    RaftStorageError::from(StorageIOError::apply(log_id, AnyError::new(&e)))
+                })?;
+                responses.push(response);
+            }
+            Ok(responses)
+        })
+        .await
+        .map_err(task_err)?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Runs between applies: the export is a consistent view.
+        let tables = self.tables.clone();
+        let captured = tokio::task::spawn_blocking(move || {
+            let (applied, membership) = tables.applied_state()?;
+            let data = tables.export()?;
+            Ok((data, applied, membership))
+        })
+        .await
+        .unwrap_or_else(|e| Err(DiskError::InvalidSnapshot(format!("export task failed: {e}"))));
+        SnapshotBuilder {
+            store: self.store.clone(),
+            captured,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        let meta = meta.clone();
+        let signature = Some(meta.signature());
+        tokio::task::spawn_blocking(move || install(&store, &meta, data))
+            .await
+            .map_err(task_err)?
+            .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.snapshot_file().load())
+            .await
+            .map_err(task_err)?
+            .map_err(|e| RaftStorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Checks, persists, then installs a snapshot (see the module docs for the
+/// order and what a crash at each step leaves).
+pub(crate) fn install(store: &Store, meta: &SnapshotMetaOf, data: Vec<u8>) -> Result<(), DiskError> {
+    let parsed = StateTables::parse_snapshot(&data)?;
+    store.snapshot_file().save(meta, &data)?;
+    store
+        .state()
+        .install(parsed, meta.last_log_id, &meta.last_membership)?;
+    tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot installed");
+    Ok(())
+}
+
+/// At startup: if the persisted snapshot is newer than the tables (a crash
+/// during install, or a power loss that rolled the tables back), installs
+/// it from the file.
+pub(crate) fn recover(store: &Store) -> Result<(), DiskError> {
+    let Some((meta, data)) = store.snapshot_file().load()? else {
+        return Ok(());
+    };
+    let (applied, _) = store.state().applied_state()?;
+    if meta.last_log_id > applied {
+        tracing::warn!(
+            snapshot = ?meta.last_log_id,
+            applied = ?applied,
+            "state tables are behind the persisted snapshot; re-installing it"
+        );
+        let parsed = StateTables::parse_snapshot(&data)?;
+        store
+            .state()
+            .install(parsed, meta.last_log_id, &meta.last_membership)?;
+    }
+    Ok(())
+}

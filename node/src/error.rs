@@ -1,0 +1,83 @@
+//! Errors that stop the node (start-up and fatal runtime failures), kept
+//! apart from per-request errors ([`crate::api::ApiError`]), which a client
+//! gets back while the node keeps running.
+
+use std::path::PathBuf;
+
+/// A config file that cannot be used. Every variant names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or an unknown key (the message names it).
+    #[error("config: {0}")]
+    Parse(String),
+    /// A number outside its allowed range.
+    #[error("config key `{key}` = {value} is out of range; allowed {range}")]
+    OutOfRange {
+        /// Dotted key, e.g. `block.max_attestations`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        range: String,
+    },
+    /// A value of the right type that is not acceptable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+/// Why the node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The genesis file is missing or invalid.
+    #[error("genesis file {path}: {reason}")]
+    Genesis {
+        /// The genesis file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node key is missing, unreadable or malformed.
+    #[error("node key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// This node's key is not one of the genesis validators.
+    #[error("this node's public key {0} is not a validator in the genesis file; a v1 node must be a genesis validator")]
+    NotAValidator(String),
+    /// Storage or consensus failed to open or failed at run time.
+    #[error("consensus: {0}")]
+    Consensus(String),
+    /// The p2p service failed to start.
+    #[error("p2p: {0}")]
+    P2p(String),
+    /// The RPC listener could not be bound or served.
+    #[error("rpc listener {addr}: {reason}")]
+    Rpc {
+        /// The address.
+        addr: String,
+        /// Why it failed, and what to do.
+        reason: String,
+    },
+    /// A critical task ended unexpectedly.
+    #[error("critical task `{0}` stopped: {1}")]
+    TaskFailed(&'static str, String),
+}

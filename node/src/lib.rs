@@ -1,0 +1,231 @@
+//! The bizra-node daemon as a library: configuration, wiring of storage,
+//! consensus and p2p, admission, and the client JSON-RPC server.
+//!
+//! The binary (`cli`) parses flags, binds the RPC listener and calls
+//! [`run`]; tests can do the same with a listener on port 0. Nothing in this
+//! crate names libp2p types (that is `bizra-p2p`'s job), and nothing below
+//! it knows about JSON-RPC.
+
+pub mod admission;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod keyfile;
+mod net;
+mod node;
+mod proposer;
+mod rpc;
+pub mod submit;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bizra_crypto::{hex, Genesis};
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use error::{ConfigError, NodeError};
+
+/// Largest genesis file accepted: a handful of validators fit in a few KiB.
+const MAX_GENESIS_BYTES: u64 = 1 << 20;
+
+/// Milliseconds since the Unix epoch from the wall clock. Used by admission
+/// (freshness) and by the proposer's informational timestamp only; apply
+/// never calls it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads and validates the genesis file named by the config.
+pub fn load_genesis(path: &std::path::Path) -> Result<Genesis, NodeError> {
+    let text = config::read_limited(path, MAX_GENESIS_BYTES).map_err(|e| NodeError::Genesis {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Genesis::from_json_str(&text).map_err(|e| NodeError::Genesis {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Binds the RPC listener named by the config, with an error that says
+/// which key to change.
+pub fn bind_rpc(config: &Config) -> Result<std::net::TcpListener, NodeError> {
+    let addr = config.rpc_listen_addr()?;
+    std::net::TcpListener::bind(addr).map_err(|e| NodeError::Rpc {
+        addr: addr.to_string(),
+        reason: format!("{e}; set `rpc.listen` in the config to a free address"),
+    })
+}
+
+/// Runs a node until `shutdown` resolves or a critical task fails.
+pub async fn run(
+    config: Config,
+    rpc_listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let genesis = load_genesis(&config.genesis)?;
+    let chain_id = genesis.chain_id();
+    let key = keyfile::read(&config.data_dir.join(keyfile::NODE_KEY_FILE))?;
+    let public_key = key.verifying_key().to_bytes();
+    if !genesis.validators.iter().any(|v| v.public_key == public_key) {
+        return Err(NodeError::NotAValidator(hex::encode(&public_key)));
+    }
+    let node_id = bizra_crypto::node_id(&public_key);
+    let validator_keys: HashMap<u64, [u8; 32]> = genesis
+        .validators
+        .iter()
+        .map(|v| (bizra_crypto::node_id(&v.public_key), v.public_key))
+        .collect();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (p2p, p2p_events) = bizra_p2p::spawn(bizra_p2p::P2pConfig {
+        secret_seed: key.to_bytes(),
+        listen: config.p2p.listen.clone(),
+        bootstrap: config.p2p.peers.clone(),
+        allowed: genesis.validators.iter().map(|v| v.public_key).collect(),
+        request_timeout: Duration::from_millis(config.p2p.request_timeout_ms),
+        max_message_bytes: config.p2p.max_message_bytes,
+    })
+    .await
+    .map_err(|e| NodeError::P2p(e.to_string()))?;
+
+    let db_dir = config.data_dir.join("db");
+    let (log_store, state_machine, reader) = bizra_consensus::open(&db_dir, chain_id)
+        .await
+        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    let raft_config = openraft::Config {
+        cluster_name: genesis.chain_name.clone(),
+        heartbeat_interval: config.raft.heartbeat_ms,
+        election_timeout_min: config.raft.election_timeout_min_ms,
+        election_timeout_max: config.raft.election_timeout_max_ms,
+        max_payload_entries: config.raft.max_payload_entries,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+        install_snapshot_timeout: config.p2p.request_timeout_ms,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Consensus(format!("raft config: {e}")))?;
+    let transport = net::P2pTransport {
+        p2p: p2p.clone(),
+        keys: Arc::new(validator_keys.clone()),
+    };
+    let raft = bizra_consensus::Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        bizra_consensus::Network::new(transport),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Consensus(e.to_string()))?;
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    if !initialized {
+        // Every genesis validator initializes with the same voter set;
+        // openraft documents that as safe (identical config, no split brain).
+        let members: BTreeMap<u64, openraft::BasicNode> = genesis
+            .validators
+            .iter()
+            .map(|v| {
+                (
+                    bizra_crypto::node_id(&v.public_key),
+                    openraft::BasicNode::new(bizra_p2p::peer_id_of(&v.public_key)),
+                )
+            })
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!(error = %e, "raft already initialized");
+        }
+    }
+
+    let (proposer, proposer_loop) = proposer::proposer(
+        raft.clone(),
+        reader.clone(),
+        proposer::ProposerConfig {
+            max_attestations: config.block.max_attestations,
+            max_delay: Duration::from_millis(config.block.max_delay_ms),
+            max_in_flight: config.block.max_in_flight,
+            queue_capacity: config.admission.queue_capacity,
+            proposer_key: public_key,
+        },
+        stop_rx.clone(),
+    );
+
+    let node = Arc::new(node::Node {
+        chain_id,
+        genesis,
+        node_id,
+        public_key,
+        region: config.region.clone(),
+        raft: raft.clone(),
+        reader,
+        p2p: p2p.clone(),
+        proposer,
+        validator_keys,
+        commit_timeout: Duration::from_millis(config.admission.commit_timeout_ms),
+    });
+
+    let rpc_addr = rpc_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let rpc_handle = rpc::start(
+        node.clone(),
+        rpc_listener,
+        rpc::RpcLimits {
+            max_body_bytes: config.rpc.max_body_bytes,
+            max_connections: config.rpc.max_connections,
+        },
+    )
+    .await
+    .map_err(|reason| NodeError::Rpc {
+        addr: rpc_addr.clone(),
+        reason,
+    })?;
+
+    let proposer_task = tokio::spawn(proposer_loop);
+    let inbound_task = tokio::spawn(net::serve_inbound(node.clone(), p2p_events, stop_rx.clone()));
+
+    tracing::info!(
+        node_id,
+        public_key = %hex::encode(&public_key),
+        peer_id = %p2p.peer_id(),
+        rpc = %rpc_addr,
+        p2p = ?p2p.listen_addrs(),
+        region = %config.region,
+        "node started"
+    );
+
+    let rpc_stopped = rpc_handle.clone();
+    let outcome = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = rpc_stopped.stopped() => Err(NodeError::TaskFailed("rpc", "server stopped".into())),
+    };
+
+    tracing::info!("shutting down");
+    let _ = rpc_handle.stop();
+    let _ = stop_tx.send(true);
+    let deadline = Duration::from_secs(5);
+    let _ = tokio::time::timeout(deadline, rpc_handle.stopped()).await;
+    let _ = tokio::time::timeout(deadline, proposer_task).await;
+    let _ = tokio::time::timeout(deadline, inbound_task).await;
+    if let Err(e) = tokio::time::timeout(deadline, raft.shutdown()).await {
+        tracing::warn!(error = %e, "raft did not shut down in time");
+    }
+    p2p.shutdown().await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The libp2p PeerId (base58) of a validator key, for configs and operators.
+pub use bizra_p2p::peer_id_of;

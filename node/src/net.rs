@@ -1,0 +1,159 @@
+//! Messages between nodes and their dispatch: Raft RPCs and forwarded
+//! submissions travel as one request/response pair over the p2p service.
+//!
+//! The p2p crate moves opaque bytes; this module encodes them with the
+//! workspace codec and routes inbound requests, with a bound on how many are
+//! handled at once so a flood from one peer cannot exhaust the node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bizra_consensus::{RaftRpcRequest, RaftRpcResponse, Transport, TransportError};
+use bizra_crypto::{codec, Attestation};
+use bizra_p2p::{P2pEvent, P2pHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::api::ApiError;
+use crate::node::Node;
+use crate::submit::{SubmitReply, Wait};
+
+/// Most inbound peer requests handled concurrently; more wait in the p2p
+/// event channel (bounded), which then refuses new ones.
+const MAX_INBOUND_IN_FLIGHT: usize = 512;
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum NetRequest {
+    /// A Raft RPC for the consensus core.
+    Raft(RaftRpcRequest),
+    /// A client submission forwarded to the leader.
+    Submit {
+        /// The attestation, already parsed by the forwarding node.
+        attestation: Attestation,
+        /// What the client waits for.
+        wait: Wait,
+    },
+}
+
+/// The answer to a [`NetRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum NetResponse {
+    /// Answer to [`NetRequest::Raft`].
+    Raft(RaftRpcResponse),
+    /// Answer to [`NetRequest::Submit`].
+    Submit(Result<SubmitReply, ApiError>),
+    /// The request could not be decoded or handled at all.
+    Refused(String),
+}
+
+/// Raft's transport over the p2p service: maps Raft node ids to validator
+/// keys (both derive from the genesis file) and encodes with the codec.
+#[derive(Clone)]
+pub(crate) struct P2pTransport {
+    pub(crate) p2p: P2pHandle,
+    pub(crate) keys: Arc<HashMap<u64, [u8; 32]>>,
+}
+
+impl Transport for P2pTransport {
+    async fn call(
+        &self,
+        target: u64,
+        req: RaftRpcRequest,
+    ) -> Result<RaftRpcResponse, TransportError> {
+        let key = self
+            .keys
+            .get(&target)
+            .ok_or_else(|| TransportError::new(format!("node {target} is not a validator")))?;
+        let bytes = codec::encode(&NetRequest::Raft(req))
+            .map_err(|e| TransportError::new(format!("encode: {e}")))?;
+        let answer = self
+            .p2p
+            .request(*key, bytes)
+            .await
+            .map_err(|e| TransportError::new(e.to_string()))?;
+        match codec::decode::<NetResponse>(&answer) {
+            Ok(NetResponse::Raft(resp)) => Ok(resp),
+            Ok(NetResponse::Refused(why)) => Err(TransportError::new(format!("refused: {why}"))),
+            Ok(_) => Err(TransportError::new("unexpected response kind".to_string())),
+            Err(e) => Err(TransportError::new(format!("decode: {e}"))),
+        }
+    }
+}
+
+impl Node {
+    /// Sends one request to a validator and decodes its answer.
+    pub(crate) async fn request_peer(
+        &self,
+        key: [u8; 32],
+        req: NetRequest,
+    ) -> Result<NetResponse, String> {
+        let bytes = codec::encode(&req).map_err(|e| format!("encode: {e}"))?;
+        let answer = self
+            .p2p
+            .request(key, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        codec::decode(&answer).map_err(|e| format!("decode: {e}"))
+    }
+}
+
+/// Serves inbound peer requests until shutdown.
+pub(crate) async fn serve_inbound(
+    node: Arc<Node>,
+    mut events: mpsc::Receiver<P2pEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT));
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => return },
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            P2pEvent::Request {
+                from,
+                payload,
+                reply,
+            } => {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let response = handle(&node, from, &payload).await;
+                    let bytes = codec::encode(&response).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "cannot encode a peer response");
+                        Vec::new()
+                    });
+                    reply.send(bytes);
+                    drop(permit);
+                });
+            }
+            P2pEvent::PeerConnected(key) => {
+                tracing::info!(peer = %bizra_crypto::hex::encode(&key), "validator connected");
+            }
+            P2pEvent::PeerDisconnected(key) => {
+                tracing::info!(peer = %bizra_crypto::hex::encode(&key), "validator disconnected");
+            }
+        }
+    }
+}
+
+async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
+    let request: NetRequest = match codec::decode(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(peer = %bizra_crypto::hex::encode(&from), error = %e, "undecodable peer request");
+            return NetResponse::Refused(format!("undecodable request: {e}"));
+        }
+    };
+    match request {
+        NetRequest::Raft(rpc) => {
+            NetResponse::Raft(bizra_consensus::serve_rpc(&node.raft, rpc).await)
+        }
+        NetRequest::Submit { attestation, wait } => {
+            NetResponse::Submit(node.submit(attestation, wait, true).await)
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The running node's shared context: identity, genesis, the Raft handle,
+//! the read view of the state machine, the p2p handle and the proposer.
+//!
+//! Shared behind an `Arc` by the RPC handlers and the inbound peer
+//! dispatcher. It holds no locks: Raft state is read through openraft's
+//! metrics watch channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bizra_consensus::{ChainReader, Raft};
+use bizra_crypto::{Genesis, Hash};
+use bizra_p2p::P2pHandle;
+
+use crate::proposer::Proposer;
+
+/// Everything a request handler needs.
+pub(crate) struct Node {
+    pub(crate) chain_id: Hash,
+    pub(crate) genesis: Genesis,
+    pub(crate) node_id: u64,
+    pub(crate) public_key: [u8; 32],
+    pub(crate) region: String,
+    pub(crate) raft: Raft,
+    pub(crate) reader: ChainReader,
+    pub(crate) p2p: P2pHandle,
+    pub(crate) proposer: Proposer,
+    /// Raft node id → validator public key, from the genesis file.
+    pub(crate) validator_keys: HashMap<u64, [u8; 32]>,
+    pub(crate) commit_timeout: Duration,
+}

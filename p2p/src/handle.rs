@@ -1,0 +1,296 @@
+//! What the rest of the node holds: a cloneable [`P2pHandle`] (a channel
+//! sender into the swarm task), the [`P2pEvent`]s it receives, and the
+//! [`Responder`] that carries an answer back.
+//!
+//! Owns the caller side of every exchange with the swarm task, including the
+//! timeouts on each wait. It must never touch the Swarm: everything goes
+//! through bounded channels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec::WireResponse;
+use crate::error::{P2pError, Refusal};
+use crate::identity::peer_id_from_key;
+use crate::service::{Command, ResponseCmd};
+
+/// How long local queries (`connected_peers`) may wait for the swarm task.
+const LOCAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for the swarm task to release its sockets.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected validator, as reported by [`P2pHandle::connected_peers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The validator's Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Its libp2p PeerId (base58), as used in bootstrap addresses.
+    pub peer_id: String,
+    /// The remote address of its most recent connection, e.g.
+    /// `/ip4/10.0.0.2/tcp/7700`; for measuring and logging, not for dialing.
+    pub address: String,
+}
+
+/// What the p2p service tells the node. Only allowed peers ever appear here.
+pub enum P2pEvent {
+    /// A request from a validator; answer it through `reply` (or drop
+    /// `reply` to close the stream without an answer).
+    Request {
+        /// Public key of the sender, authenticated by the noise handshake.
+        from: [u8; 32],
+        /// The opaque request bytes, at most `max_message_bytes` long.
+        payload: Vec<u8>,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+    /// The first connection to this validator was established.
+    PeerConnected([u8; 32]),
+    /// The last connection to this validator closed.
+    PeerDisconnected([u8; 32]),
+}
+
+impl std::fmt::Debug for P2pEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            P2pEvent::Request { from, payload, .. } => f
+                .debug_struct("Request")
+                .field("from", &peer_id_from_key(from))
+                .field("payload_len", &payload.len())
+                .finish_non_exhaustive(),
+            P2pEvent::PeerConnected(k) => f
+                .debug_tuple("PeerConnected")
+                .field(&peer_id_from_key(k))
+                .finish(),
+            P2pEvent::PeerDisconnected(k) => f
+                .debug_tuple("PeerDisconnected")
+                .field(&peer_id_from_key(k))
+                .finish(),
+        }
+    }
+}
+
+/// The way back for one inbound request. libp2p requires the answer to be
+/// given to the swarm task, so this carries it there over a channel.
+///
+/// Dropping it without answering closes the stream; the requester then
+/// gets [`P2pError::Io`].
+pub struct Responder {
+    pub(crate) channel: ResponseChannel<WireResponse>,
+    pub(crate) responses: mpsc::Sender<ResponseCmd>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) peer: PeerId,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Sends `payload` as the answer. Never blocks: if the answer exceeds
+    /// `max_message_bytes` the requester gets [`Refusal::ResponseTooLarge`]
+    /// instead; if the swarm task is gone or its response queue is full the
+    /// answer is dropped (logged) and the requester sees an error.
+    pub fn send(self, payload: Vec<u8>) {
+        let response = if payload.len() > self.max_message_bytes {
+            tracing::warn!(peer = %self.peer, size = payload.len(), max = self.max_message_bytes,
+                "response exceeds max_message_bytes; refusing instead");
+            WireResponse::Refused(Refusal::ResponseTooLarge)
+        } else {
+            WireResponse::Ok(payload)
+        };
+        self.deliver(response);
+    }
+
+    /// Refuses the request as [`Refusal::Overloaded`], so the requester
+    /// backs off instead of waiting for its timeout.
+    pub fn refuse(self) {
+        self.deliver(WireResponse::Refused(Refusal::Overloaded));
+    }
+
+    fn deliver(self, response: WireResponse) {
+        let peer = self.peer;
+        let cmd = ResponseCmd {
+            channel: self.channel,
+            response,
+        };
+        match self.responses.try_send(cmd) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(peer = %peer, "p2p response queue full; answer dropped");
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::debug!(peer = %peer, "p2p service stopped; answer dropped");
+            }
+        }
+    }
+}
+
+/// A cloneable handle on the running p2p service. Dropping every clone stops
+/// the service, like [`P2pHandle::shutdown`].
+#[derive(Clone)]
+pub struct P2pHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    /// Set to `true` to stop the swarm task; dropping it also stops it.
+    shutdown: watch::Sender<bool>,
+    /// Closed (sender dropped) once the swarm task has exited.
+    stopped: watch::Receiver<()>,
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    peer_id: PeerId,
+    public_key: [u8; 32],
+    max_message_bytes: usize,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for P2pHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2pHandle")
+            .field("peer_id", &self.inner.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pieces [`P2pHandle`] is made of, handed over by the service.
+pub(crate) struct HandleParts {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) stopped: watch::Receiver<()>,
+    pub(crate) listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    pub(crate) peer_id: PeerId,
+    pub(crate) public_key: [u8; 32],
+    pub(crate) max_message_bytes: usize,
+    pub(crate) request_timeout: Duration,
+}
+
+impl P2pHandle {
+    pub(crate) fn new(p: HandleParts) -> Self {
+        P2pHandle {
+            inner: Arc::new(Inner {
+                commands: p.commands,
+                shutdown: p.shutdown,
+                stopped: p.stopped,
+                listen_addrs: p.listen_addrs,
+                peer_id: p.peer_id,
+                public_key: p.public_key,
+                max_message_bytes: p.max_message_bytes,
+                request_timeout: p.request_timeout,
+            }),
+        }
+    }
+
+    /// Sends `payload` to the validator with public key `peer` and waits for
+    /// its answer, at most `request_timeout` in total (including any wait for
+    /// room in the command queue).
+    ///
+    /// Fails fast with [`P2pError::TooLarge`], [`P2pError::NotAllowed`] or
+    /// [`P2pError::NotConnected`] without touching the network; it does not
+    /// dial (bootstrap peers are re-dialed in the background).
+    pub async fn request(&self, peer: [u8; 32], payload: Vec<u8>) -> Result<Vec<u8>, P2pError> {
+        let max = self.inner.max_message_bytes;
+        if payload.len() > max {
+            return Err(P2pError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let after = self.inner.request_timeout;
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.inner
+                .commands
+                .send(Command::Request {
+                    peer,
+                    payload,
+                    reply,
+                })
+                .await
+                .map_err(|_| P2pError::Stopped)?;
+            // The swarm task drops `reply` only when it stops.
+            answer.await.map_err(|_| P2pError::Stopped)?
+        };
+        match tokio::time::timeout(after, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(P2pError::Timeout {
+                peer_id: peer_id_from_key(&peer).to_string(),
+                after,
+            }),
+        }
+    }
+
+    /// Allowed peers connected right now, with their remote address, sorted
+    /// by PeerId.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerInfo>, P2pError> {
+        let (reply, answer) = oneshot::channel();
+        let query = async {
+            self.inner
+                .commands
+                .send(Command::ConnectedPeers { reply })
+                .await
+                .map_err(|_| P2pError::Stopped)?;
+            answer.await.map_err(|_| P2pError::Stopped)
+        };
+        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, query)
+            .await
+            .unwrap_or(Err(P2pError::Unresponsive {
+                after: LOCAL_QUERY_TIMEOUT,
+            }))
+    }
+
+    /// This node's PeerId (base58), for bootstrap addresses of other nodes
+    /// and for logs.
+    pub fn peer_id(&self) -> String {
+        self.inner.peer_id.to_string()
+    }
+
+    /// This node's Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.inner.public_key
+    }
+
+    /// The addresses the service listens on now, without the `/p2p/<PeerId>`
+    /// suffix (e.g. `/ip4/127.0.0.1/tcp/40123` after listening on port 0).
+    /// Never empty right after [`spawn`](crate::spawn) returns.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        self.inner
+            .listen_addrs
+            .borrow()
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// Stops the swarm task and waits (at most 5 s) until it has closed its
+    /// listener and connections, so the port can be bound again. Idempotent;
+    /// in-flight requests fail with [`P2pError::Stopped`].
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!(peer_id = %self.inner.peer_id,
+                "p2p swarm task did not stop within {SHUTDOWN_TIMEOUT:?}");
+        }
+    }
+
+    /// Resolves once the swarm task has exited for any reason (shutdown, all
+    /// handles dropped, or a panic), so a supervisor can stop the node.
+    pub async fn stopped(&self) {
+        let mut stopped = self.inner.stopped.clone();
+        // No value is ever sent: `changed` returns Err once the task drops
+        // the sender on exit.
+        while stopped.changed().await.is_ok() {}
+    }
+}

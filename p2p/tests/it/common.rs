@@ -1,0 +1,175 @@
+//! Helpers shared by the tests: keys, configs, a recording request handler,
+//! bounded waits and log capture.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bizra_p2p::{P2pConfig, P2pEvent, P2pHandle};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Request timeout used by most tests.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A deterministic seed per test node.
+pub(crate) fn seed(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+/// The Ed25519 public key of `seed(n)`.
+pub(crate) fn key(n: u8) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(&seed(n))
+        .verifying_key()
+        .to_bytes()
+}
+
+/// A config for node `n` on an ephemeral local port.
+pub(crate) fn config(n: u8, allowed: &[u8], bootstrap: Vec<String>) -> P2pConfig {
+    P2pConfig {
+        secret_seed: seed(n),
+        listen: "/ip4/127.0.0.1/tcp/0".to_string(),
+        bootstrap,
+        allowed: allowed.iter().map(|&i| key(i)).collect(),
+        request_timeout: TIMEOUT,
+        max_message_bytes: 64 * 1024,
+    }
+}
+
+/// The bootstrap address of a running node.
+pub(crate) fn dial_addr(h: &P2pHandle) -> String {
+    let addrs = h.listen_addrs();
+    assert!(
+        !addrs.is_empty(),
+        "spawn returned before a listen address was known"
+    );
+    format!("{}/p2p/{}", addrs[0], h.peer_id())
+}
+
+/// What a node's handler saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    Request { from: [u8; 32], len: usize },
+    Connected([u8; 32]),
+    Disconnected([u8; 32]),
+}
+
+/// Records every event and answers every request with `answer(payload)`.
+pub(crate) fn serve(
+    mut events: mpsc::Receiver<P2pEvent>,
+    answer: fn(&[u8]) -> Vec<u8>,
+) -> Arc<Mutex<Vec<Seen>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        // Ends when the service stops and drops its sender.
+        while let Some(event) = events.recv().await {
+            let entry = match event {
+                P2pEvent::Request {
+                    from,
+                    payload,
+                    reply,
+                } => {
+                    reply.send(answer(&payload));
+                    Seen::Request {
+                        from,
+                        len: payload.len(),
+                    }
+                }
+                P2pEvent::PeerConnected(k) => Seen::Connected(k),
+                P2pEvent::PeerDisconnected(k) => Seen::Disconnected(k),
+            };
+            log.lock().unwrap().push(entry);
+        }
+    });
+    seen
+}
+
+/// `b"echo:" + payload`.
+pub(crate) fn echo(payload: &[u8]) -> Vec<u8> {
+    let mut v = b"echo:".to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Requests seen from `from`.
+pub(crate) fn requests_from(seen: &Arc<Mutex<Vec<Seen>>>, from: [u8; 32]) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| matches!(s, Seen::Request { from: f, .. } if *f == from))
+        .count()
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `within`.
+pub(crate) async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `h` currently has the validator `k` connected.
+pub(crate) async fn is_connected(h: &P2pHandle, k: [u8; 32]) -> bool {
+    h.connected_peers()
+        .await
+        .map(|peers| peers.iter().any(|p| p.public_key == k))
+        .unwrap_or(false)
+}
+
+/// Waits until `a` and `b` see each other connected.
+pub(crate) async fn wait_linked(a: &P2pHandle, b: &P2pHandle) {
+    let (ka, kb) = (a.public_key(), b.public_key());
+    eventually(
+        "the two nodes to connect",
+        Duration::from_secs(5),
+        || async { is_connected(a, kb).await && is_connected(b, ka).await },
+    )
+    .await;
+}
+
+/// A log sink for `tracing` that the test can read back.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures warn-and-above logs of this thread (the tests' current-thread
+/// runtime runs the swarm tasks here too) until the guard is dropped.
+pub(crate) fn capture_warnings() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let sink = Captured::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (sink, tracing::subscriber::set_default(subscriber))
+}

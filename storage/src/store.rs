@@ -1,0 +1,234 @@
+//! The one sled database of a node and its durability barrier.
+//!
+//! Owns: opening the data directory, the sled trees, the group-commit
+//! syncer, the chain id stamp of the directory. Must not: interpret Raft
+//! log entries or state-machine records (that is `raft_log` and `state`),
+//! or be opened twice on one directory (sled's file lock refuses that).
+//!
+//! Layout of `dir`:
+//! ```text
+//! dir/sled/             the sled database (trees below)
+//! dir/snapshot.current  the last state-machine snapshot (see `snapshot`)
+//! ```
+//! Trees: `raft_log` (entries, last purged id), `raft_meta` (vote,
+//! committed, chain id), `state` (state-machine tables).
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bizra_crypto::Hash;
+use tokio::sync::oneshot;
+
+use crate::error::{Result, StorageError};
+use crate::snapshot::SnapshotFile;
+use crate::state::StateTables;
+use crate::syncer::{DiskSync, SyncCallback, Syncer};
+
+const RAFT_LOG_TREE: &str = "raft_log";
+const RAFT_META_TREE: &str = "raft_meta";
+const STATE_TREE: &str = "state";
+const CHAIN_ID_KEY: &[u8] = b"chain_id";
+
+/// A node's durable storage: one sled database plus the snapshot file.
+///
+/// Cheap to clone (shared inner). The database closes, and the syncer
+/// thread stops, when the last clone and every [`StateTables`] handle are
+/// dropped; reopening the same directory before that fails with
+/// [`StorageError::Open`].
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    log: sled::Tree,
+    meta: sled::Tree,
+    state: StateTables,
+    snapshot: SnapshotFile,
+    // Declared last: dropped after the trees above, and its Drop joins the
+    // thread so that the database is closed once the last handle is gone.
+    syncer: Syncer,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the storage in `dir` and starts its syncer thread.
+    ///
+    /// On first creation the new files and directories are fsynced, since
+    /// sled itself never syncs the directory entries it creates.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let sled_dir = dir.join("sled");
+        let creating = !sled_dir.join("conf").exists();
+        std::fs::create_dir_all(&sled_dir)
+            .map_err(|e| StorageError::io("create directory", &sled_dir, e))?;
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .open()
+            .map_err(|source| StorageError::Open {
+                path: sled_dir.clone(),
+                source,
+            })?;
+        if creating {
+            sync_new_dirs(dir, &sled_dir)?;
+        }
+        let log = db.open_tree(RAFT_LOG_TREE)?;
+        let meta = db.open_tree(RAFT_META_TREE)?;
+        let state = StateTables::new(db.open_tree(STATE_TREE)?);
+        let disk = DiskSync::new(db, &sled_dir)
+            .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?;
+        let syncer = Syncer::start(disk)
+            .map_err(|e| StorageError::io("spawn syncer thread for", &sled_dir, e))?;
+        let snapshot = SnapshotFile::new(dir);
+        snapshot.remove_leftover_tmp()?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                log,
+                meta,
+                state,
+                snapshot,
+                syncer,
+            }),
+        })
+    }
+
+    /// The directory given to [`Store::open`].
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The state-machine tables (a cheap handle that stays valid, and keeps
+    /// the database open, while the store is in use elsewhere).
+    pub fn state(&self) -> StateTables {
+        self.inner.state.clone()
+    }
+
+    /// The persisted state-machine snapshot.
+    pub fn snapshot_file(&self) -> &SnapshotFile {
+        &self.inner.snapshot
+    }
+
+    pub(crate) fn log_tree(&self) -> &sled::Tree {
+        &self.inner.log
+    }
+
+    pub(crate) fn meta_tree(&self) -> &sled::Tree {
+        &self.inner.meta
+    }
+
+    /// Records `chain_id` in a new directory, or checks that an existing
+    /// one was made for the same chain, so that a node pointed at another
+    /// chain's data refuses to start instead of mixing two chains.
+    pub async fn check_chain_id(&self, chain_id: &Hash) -> Result<()> {
+        match self.inner.meta.get(CHAIN_ID_KEY)? {
+            Some(found) if found.as_ref() == chain_id.as_slice() => Ok(()),
+            Some(found) => Err(StorageError::ChainMismatch {
+                expected: bizra_crypto::hex::encode(chain_id),
+                found: bizra_crypto::hex::encode(&found),
+            }),
+            None => {
+                self.inner.meta.insert(CHAIN_ID_KEY, chain_id.as_slice())?;
+                self.sync().await
+            }
+        }
+    }
+
+    /// Queues `callback` to run on the syncer thread once every write made
+    /// before this call is durable (flush + fdatasync). One sync round
+    /// covers every callback queued before it starts (group commit). Waits
+    /// only when [`QUEUE_CAPACITY`](crate::syncer) waiters are already
+    /// queued.
+    pub async fn request_sync(
+        &self,
+        callback: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        let tx = self
+            .inner
+            .syncer
+            .sender()
+            .ok_or(StorageError::SyncerStopped)?;
+        let cb: SyncCallback = Box::new(callback);
+        tx.send(cb).await.map_err(|_| StorageError::SyncerStopped)
+    }
+
+    /// Returns once every write made before the call is durable.
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.request_sync(move |r| {
+            // The waiter may have gone away (its task was cancelled); the
+            // sync still happened, nobody needs to hear about it.
+            let _ = tx.send(r);
+        })
+        .await?;
+        rx.await
+            .map_err(|_| StorageError::SyncerStopped)?
+            .map_err(|e| StorageError::SyncPoisoned(e.to_string()))
+    }
+
+    /// [`Store::sync`] for threads outside any async runtime (it blocks).
+    pub fn sync_blocking(&self) -> Result<()> {
+        let tx = self
+            .inner
+            .syncer
+            .sender()
+            .ok_or(StorageError::SyncerStopped)?;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let cb: SyncCallback = Box::new(move |r| {
+            let _ = done_tx.send(r);
+        });
+        tx.blocking_send(cb)
+            .map_err(|_| StorageError::SyncerStopped)?;
+        done_rx
+            .recv()
+            .map_err(|_| StorageError::SyncerStopped)?
+            .map_err(|e| StorageError::SyncPoisoned(e.to_string()))
+    }
+
+    /// How many flush + fdatasync rounds have completed: with group commit
+    /// this grows slower than [`Store::synced_requests`] under load. For
+    /// metrics and tests.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.syncer.stats().rounds.load(Ordering::Relaxed)
+    }
+
+    /// How many sync waiters (appends, vote writes, explicit syncs) have
+    /// been completed. For metrics and tests.
+    pub fn synced_requests(&self) -> u64 {
+        self.inner.syncer.stats().completed.load(Ordering::Relaxed)
+    }
+}
+
+/// fsyncs what a first open created: sled's `conf`, the sled directory and
+/// its `blobs/`, the data directory and its parent (which may have been
+/// created just now by `create_dir_all`).
+fn sync_new_dirs(dir: &Path, sled_dir: &Path) -> Result<()> {
+    let conf = sled_dir.join("conf");
+    File::open(&conf)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io("fsync", &conf, e))?;
+    let blobs = sled_dir.join("blobs");
+    let mut dirs = vec![blobs.as_path(), sled_dir, dir];
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        dirs.push(parent);
+    }
+    for d in dirs {
+        sync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}

@@ -1,0 +1,190 @@
+//! The state tables: one batch per entry, reads, indexes, snapshot
+//! export / install, and the snapshot file.
+
+use bizra_crypto::{Attestation, BlockHeader, Hash};
+use bizra_storage::{
+    HeadRef, MembershipOf, NewBlock, SnapshotMetaOf, StateTables, StateUpdate, StorageError, Store,
+};
+
+use crate::log_id;
+
+fn att(attester: u8, poi: u8, n: u64) -> (Hash, Attestation) {
+    let a = Attestation {
+        attester: [attester; 32],
+        poi_hash: [poi; 32],
+        timestamp_ms: 1_795_000_000_000 + n,
+        ahsan_score: 9_750,
+        context: format!("ctx {n}"),
+        signature: [n as u8; 64],
+    };
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    (id, a)
+}
+
+fn block(height: u64, parent: Hash, atts: Vec<(Hash, Attestation)>) -> NewBlock {
+    let header = BlockHeader {
+        chain_id: [9; 32],
+        height,
+        parent_hash: parent,
+        attestations_root: [height as u8; 32],
+        attestation_count: atts.len() as u32,
+        proposed_at_ms: 1_795_000_000_000,
+        proposer: [5; 32],
+        raft_term: 1,
+        raft_index: height + 10,
+    };
+    NewBlock {
+        hash: header.hash(),
+        header,
+        attestations: atts,
+    }
+}
+
+/// Two blocks: attester 1 has ids 1, 2 (block 1) and 4 (block 2).
+fn fill(tables: &StateTables) -> (NewBlock, NewBlock) {
+    let b1 = block(1, [0; 32], vec![att(1, 7, 1), att(1, 8, 2), att(2, 7, 3)]);
+    let b2 = block(2, b1.hash, vec![att(1, 7, 4)]);
+    tables
+        .commit(StateUpdate {
+            applied: log_id(1, 11),
+            membership: None,
+            block: Some(b1.clone()),
+        })
+        .expect("commit block 1");
+    tables
+        .commit(StateUpdate {
+            applied: log_id(1, 12),
+            membership: None,
+            block: Some(b2.clone()),
+        })
+        .expect("commit block 2");
+    (b1, b2)
+}
+
+#[test]
+fn committed_blocks_are_readable_by_every_key() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = Store::open(dir.path()).expect("a fresh store opens");
+    let tables = store.state();
+    assert_eq!(tables.head().expect("read"), None);
+    assert_eq!(tables.applied_state().expect("read").0, None);
+    let (b1, b2) = fill(&tables);
+
+    let head = tables.head().expect("read").expect("a head after two blocks");
+    assert_eq!(head.hash, b2.hash);
+    assert_eq!(
+        tables.head_ref().expect("read"),
+        Some(HeadRef {
+            height: 2,
+            hash: b2.hash
+        })
+    );
+    let by_hash = tables
+        .block_by_hash(&b1.hash)
+        .expect("read")
+        .expect("block 1 by hash");
+    assert_eq!(by_hash.header, b1.header);
+    assert_eq!(by_hash.ids, b1.attestations.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+
+    let (id3, a3) = att(2, 7, 3);
+    let stored = tables.attestation(&id3).expect("read").expect("id 3 stored");
+    assert_eq!(stored.attestation, a3);
+    assert_eq!((stored.height, stored.index, stored.block_hash), (1, 2, b1.hash));
+    assert_eq!(tables.applied_state().expect("read").0, Some(log_id(1, 12)));
+
+    let page = tables.by_attester(&[1; 32], None, 2).expect("read");
+    assert_eq!(
+        page.iter().map(|e| (e.height, e.index)).collect::<Vec<_>>(),
+        vec![(1, 0), (1, 1)]
+    );
+    let rest = tables.by_attester(&[1; 32], Some((1, 1)), 10).expect("read");
+    assert_eq!(
+        rest.iter().map(|e| (e.height, e.index, e.id[7])).collect::<Vec<_>>(),
+        vec![(2, 0, 4)]
+    );
+    let poi = tables.by_poi_hash(&[7; 32], None, 10).expect("read");
+    assert_eq!(poi.iter().map(|e| e.id[7]).collect::<Vec<_>>(), vec![1, 3, 4]);
+    assert!(tables.by_attester(&[3; 32], None, 10).expect("read").is_empty());
+}
+
+#[test]
+fn export_then_install_reproduces_the_tables_and_replaces_old_ones() {
+    let dir_a = tempfile::tempdir().expect("a temp dir can be created");
+    let dir_b = tempfile::tempdir().expect("a temp dir can be created");
+    let a = Store::open(dir_a.path()).expect("a fresh store opens").state();
+    let b = Store::open(dir_b.path()).expect("a fresh store opens").state();
+    let (b1, b2) = fill(&a);
+    // B has unrelated state that the install must remove.
+    let stale = block(1, [0; 32], vec![att(3, 3, 99)]);
+    b.commit(StateUpdate {
+        applied: log_id(1, 5),
+        membership: None,
+        block: Some(stale.clone()),
+    })
+    .expect("commit");
+
+    let data = a.export().expect("export");
+    let membership = MembershipOf::default();
+    let parsed = StateTables::parse_snapshot(&data).expect("own export parses");
+    b.install(parsed, Some(log_id(1, 12)), &membership)
+        .expect("install");
+
+    assert_eq!(b.head().expect("read"), a.head().expect("read"));
+    assert_eq!(b.block(1).expect("read").map(|s| s.hash), Some(b1.hash));
+    assert_eq!(b.block(2).expect("read").map(|s| s.hash), Some(b2.hash));
+    assert_eq!(b.block_by_hash(&stale.hash).expect("read"), None);
+    assert_eq!(b.attestation(&att(3, 3, 99).0).expect("read"), None);
+    assert_eq!(b.applied_state().expect("read").0, Some(log_id(1, 12)));
+    assert_eq!(b.export().expect("export"), data);
+}
+
+#[test]
+fn damaged_snapshot_data_is_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let tables = Store::open(dir.path()).expect("a fresh store opens").state();
+    fill(&tables);
+    let data = tables.export().expect("export");
+    // One more chunk with one pair than the header announces.
+    let extra: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"Mhead".to_vec(), vec![0])];
+    let extra = bizra_crypto::codec::encode(&extra).expect("plain data encodes");
+    let extra_frame = [&(extra.len() as u32).to_be_bytes()[..], &extra[..]].concat();
+    for bad in [
+        Vec::new(),
+        data[..data.len() - 1].to_vec(),
+        [&data[..], &[0, 0, 0][..]].concat(),
+        [&data[..], &extra_frame[..]].concat(),
+    ] {
+        assert!(
+            matches!(
+                StateTables::parse_snapshot(&bad),
+                Err(StorageError::InvalidSnapshot(_)) | Err(StorageError::Codec { .. })
+            ),
+            "accepted {} bytes of damaged data",
+            bad.len()
+        );
+    }
+}
+
+#[test]
+fn snapshot_file_round_trips_and_detects_damage() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = Store::open(dir.path()).expect("a fresh store opens");
+    let file = store.snapshot_file();
+    assert!(file.load().expect("no file is not an error").is_none());
+    let meta = SnapshotMetaOf {
+        last_log_id: Some(log_id(3, 30)),
+        last_membership: MembershipOf::default(),
+        snapshot_id: "3-30".into(),
+    };
+    file.save(&meta, b"state bytes").expect("save");
+    let (m, d) = file.load().expect("load").expect("saved");
+    assert_eq!((m, d.as_slice()), (meta, &b"state bytes"[..]));
+
+    let path = dir.path().join("snapshot.current");
+    let mut bytes = std::fs::read(&path).expect("the file exists");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).expect("rewrite");
+    assert!(matches!(file.load(), Err(StorageError::Corrupt(_))));
+}
