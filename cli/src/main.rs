@@ -72,7 +72,7 @@ enum TestnetCommand {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
         nodes: u16,
         /// Directory for keys, genesis, configs, data and logs (kept).
-        #[arg(long, default_value = "testnet")]
+        #[arg(long, default_value = "testnet-data")]
         dir: PathBuf,
     },
 }

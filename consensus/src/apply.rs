@@ -28,23 +28,32 @@ pub(crate) fn apply_entry(
 ) -> Result<Response, StorageError> {
     let log_id = entry.log_id;
     let (response, update) = match entry.payload {
-        EntryPayload::Blank => (empty_response(), StateUpdate {
-            applied: log_id,
-            membership: None,
-            block: None,
-        }),
-        EntryPayload::Membership(m) => (empty_response(), StateUpdate {
-            applied: log_id,
-            membership: Some(StoredMembership::new(Some(log_id), m)),
-            block: None,
-        }),
-        EntryPayload::Normal(Request::Block(proposal)) => {
-            let (response, block) = build_block(tables, chain_id, &log_id, proposal)?;
-            (response, StateUpdate {
+        EntryPayload::Blank => (
+            empty_response(),
+            StateUpdate {
                 applied: log_id,
                 membership: None,
-                block,
-            })
+                block: None,
+            },
+        ),
+        EntryPayload::Membership(m) => (
+            empty_response(),
+            StateUpdate {
+                applied: log_id,
+                membership: Some(StoredMembership::new(Some(log_id), m)),
+                block: None,
+            },
+        ),
+        EntryPayload::Normal(Request::Block(proposal)) => {
+            let (response, block) = build_block(tables, chain_id, &log_id, proposal)?;
+            (
+                response,
+                StateUpdate {
+                    applied: log_id,
+                    membership: None,
+                    block,
+                },
+            )
         }
     };
     tables.commit(update)?;
@@ -102,10 +111,7 @@ pub(crate) fn build_block(
             outcomes.push(Outcome::Duplicate { height, index });
             continue;
         }
-        let Some(index) = u32::try_from(accepted.len())
-            .ok()
-            .filter(|i| *i < u32::MAX)
-        else {
+        let Some(index) = u32::try_from(accepted.len()).ok().filter(|i| *i < u32::MAX) else {
             // Unreachable in practice (the codec caps an entry at 64 MiB),
             // and deterministic if ever reached.
             outcomes.push(Outcome::Rejected {

@@ -45,14 +45,15 @@ pub async fn open(
     chain_id: Hash,
 ) -> Result<(LogStore, StateMachine, ChainReader), ConsensusError> {
     let dir = dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || -> Result<Store, ConsensusError> {
-        let store = Store::open(&dir)?;
-        state_machine::recover(&store)?;
-        Ok(store)
-    })
-    .await
-    .map_err(|e| ConsensusError::Task(e.to_string()))??;
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| ConsensusError::Task(e.to_string()))??;
+    // Before anything else touches the data: it must be this chain's.
     store.check_chain_id(&chain_id).await?;
+    let recovering = store.clone();
+    tokio::task::spawn_blocking(move || state_machine::recover(&recovering))
+        .await
+        .map_err(|e| ConsensusError::Task(e.to_string()))??;
     let reader = ChainReader::new(store.state());
     Ok((
         LogStore::new(store.clone()),

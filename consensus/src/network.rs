@@ -161,7 +161,10 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(RaftRpcRequest::AppendEntries(rpc), &option).await? {
+        match self
+            .call(RaftRpcRequest::AppendEntries(rpc), &option)
+            .await?
+        {
             RaftRpcResponse::AppendEntries(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -177,7 +180,10 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self.call(RaftRpcRequest::InstallSnapshot(rpc), &option).await? {
+        match self
+            .call(RaftRpcRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
             RaftRpcResponse::InstallSnapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -203,7 +209,9 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
 /// its result. Call it from the transport's request handler.
 pub async fn serve_rpc(raft: &Raft, req: RaftRpcRequest) -> RaftRpcResponse {
     match req {
-        RaftRpcRequest::AppendEntries(r) => RaftRpcResponse::AppendEntries(raft.append_entries(r).await),
+        RaftRpcRequest::AppendEntries(r) => {
+            RaftRpcResponse::AppendEntries(raft.append_entries(r).await)
+        }
         RaftRpcRequest::Vote(r) => RaftRpcResponse::Vote(raft.vote(r).await),
         RaftRpcRequest::InstallSnapshot(r) => {
             RaftRpcResponse::InstallSnapshot(raft.install_snapshot(r).await)

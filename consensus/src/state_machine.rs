@@ -23,9 +23,11 @@
 use std::io::Cursor;
 
 use bizra_crypto::Hash;
-use bizra_storage::{MembershipOf, SnapshotMetaOf, StateTables, Store, StorageError as DiskError};
+use bizra_storage::{MembershipOf, SnapshotMetaOf, StateTables, StorageError as DiskError, Store};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{AnyError, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+use openraft::{
+    AnyError, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
+};
 
 use crate::apply::apply_entry;
 use crate::types::{Entry, Response, TypeConfig};
@@ -54,7 +56,8 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
 }
 
 fn task_err(e: tokio::task::JoinError) -> RaftStorageError {
-    StorageIOError::write_state_machine(AnyError::error(format!("blocking task failed: {e}"))).into()
+    StorageIOError::write_state_machine(AnyError::error(format!("blocking task failed: {e}")))
+        .into()
 }
 
 impl StateMachine {
@@ -76,7 +79,14 @@ impl StateMachine {
 /// Builds a snapshot from tables exported at creation time.
 pub struct SnapshotBuilder {
     store: Store,
-    captured: Result<(Vec<u8>, Option<LogId<u64>>, MembershipOf), DiskError>,
+    captured: Result<Captured, DiskError>,
+}
+
+/// The tables as exported between two applies.
+struct Captured {
+    data: Vec<u8>,
+    last_log_id: Option<LogId<u64>>,
+    last_membership: MembershipOf,
 }
 
 impl std::fmt::Debug for SnapshotBuilder {
@@ -96,7 +106,11 @@ fn snapshot_id(last: &Option<LogId<u64>>) -> String {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (data, last_log_id, last_membership) = match std::mem::replace(
+        let Captured {
+            data,
+            last_log_id,
+            last_membership,
+        } = match std::mem::replace(
             &mut self.captured,
             Err(DiskError::InvalidSnapshot("builder used twice".into())),
         ) {
@@ -118,7 +132,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let file_meta = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
-            store.snapshot_file().save(&file_meta, &data).map(|()| data)
+            // `false` (not written) means a snapshot at least as new was
+            // installed meanwhile; this one is still a valid snapshot.
+            store
+                .snapshot_file()
+                .save(&file_meta, &data)
+                .map(|_written| data)
         })
         .await
         .map_err(|e| write_err(&e))?
@@ -136,7 +155,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, openraft::BasicNode>), RaftStorageError> {
+    ) -> Result<
+        (
+            Option<LogId<u64>>,
+            StoredMembership<u64, openraft::BasicNode>,
+        ),
+        RaftStorageError,
+    > {
         self.tables.applied_state().map_err(sm_read_err)
     }
 
@@ -154,27 +179,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
-                let response = apply_entry(&tables, &chain_id, entry).map_err(|e| {
-                    RaftStorageError::from(StorageIOError::apply(log_id, AnyError::new(&e)))
-                })?;
+                let response = apply_entry(&tables, &chain_id, entry).map_err(|e| (log_id, e))?;
                 responses.push(response);
             }
             Ok(responses)
         })
         .await
         .map_err(task_err)?
+        .map_err(|(log_id, e)| StorageIOError::apply(log_id, AnyError::new(&e)).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Runs between applies: the export is a consistent view.
         let tables = self.tables.clone();
         let captured = tokio::task::spawn_blocking(move || {
-            let (applied, membership) = tables.applied_state()?;
+            let (last_log_id, last_membership) = tables.applied_state()?;
             let data = tables.export()?;
-            Ok((data, applied, membership))
+            Ok(Captured {
+                data,
+                last_log_id,
+                last_membership,
+            })
         })
         .await
-        .unwrap_or_else(|e| Err(DiskError::InvalidSnapshot(format!("export task failed: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(DiskError::InvalidSnapshot(format!(
+                "export task failed: {e}"
+            )))
+        });
         SnapshotBuilder {
             store: self.store.clone(),
             captured,
@@ -200,12 +232,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)).into())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || store.snapshot_file().load())
             .await
             .map_err(task_err)?
-            .map_err(|e| RaftStorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+            .map_err(|e| {
+                RaftStorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
+            })?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -215,9 +251,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Checks, persists, then installs a snapshot (see the module docs for the
 /// order and what a crash at each step leaves).
-pub(crate) fn install(store: &Store, meta: &SnapshotMetaOf, data: Vec<u8>) -> Result<(), DiskError> {
+pub(crate) fn install(
+    store: &Store,
+    meta: &SnapshotMetaOf,
+    data: Vec<u8>,
+) -> Result<(), DiskError> {
     let parsed = StateTables::parse_snapshot(&data)?;
-    store.snapshot_file().save(meta, &data)?;
+    // Not written only if an equal or newer snapshot is stored already.
+    let _written = store.snapshot_file().save(meta, &data)?;
     store
         .state()
         .install(parsed, meta.last_log_id, &meta.last_membership)?;

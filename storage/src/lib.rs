@@ -13,19 +13,21 @@
 //!   fsync). That survives `kill -9` but not a power loss. So every
 //!   durability point here is `flush()` + `fdatasync` of sled's `db` file
 //!   through a second read-only descriptor (strace shows the `fdatasync`).
-//! * Values above `segment_size / 4 - 52` bytes (≈128 KiB with the default
-//!   512 KiB segment; sled `src/pagecache/logger.rs`, `reserve_inner`) are
-//!   written by sled to `blobs/<lsn>` files, at insert time, with no sync;
-//!   a consolidated tree node holding several large values goes there too.
-//!   A 300 KB block entry does (checked: a unit test and an strace show
-//!   `openat(blobs/…, O_CREAT|O_EXCL)` + `write`, no sync). Raising
-//!   `segment_size` (a `#[doc(hidden)]` "testing-only" sled setting, and up
-//!   to 16 MiB only) would shrink but not remove that, because leaves hold
-//!   up to 17 values; so instead each sync round also fdatasyncs new or
-//!   grown blob files and fsyncs `blobs/` when names appeared.
-//! * sled never syncs directories: the data directory tree is fsynced once
-//!   on first creation, and sled's directory whenever its names changed
-//!   (sled renames its `snap.*` files without a directory sync).
+//! * Values (and consolidated tree nodes) above `segment_size / 4 - 52`
+//!   bytes (sled `src/pagecache/logger.rs`, `reserve_inner`) are written by
+//!   sled to `blobs/<lsn>` files at insert time, with no sync; the log only
+//!   points to them. With sled's default 512 KiB segment that is ≈128 KiB,
+//!   so every ~300 KB block entry went there (checked: a unit test, and an
+//!   strace shows `openat(blobs/…, O_CREAT|O_EXCL)` + `write`, no sync).
+//!   The store sets `segment_size` to 16 MiB (threshold ≈4 MiB): 200
+//!   appends of 300 KB then made no blob file and took 3-5 ms each instead
+//!   of 10-11 ms. Larger values can still become blobs, so each sync round
+//!   also fdatasyncs new or grown blob files and fsyncs `blobs/` when names
+//!   appeared. Details and numbers: `storage/DURABILITY.md`.
+//! * sled never syncs directories: the data directory tree is fsynced at
+//!   every open (which covers its creation), and sled's directory whenever
+//!   its names changed (sled renames its `snap.*` files without a
+//!   directory sync).
 //!
 //! Group commit: [`Store::request_sync`] queues a callback; one thread does
 //! one flush + fdatasync round for every callback queued before the round

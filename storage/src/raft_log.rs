@@ -57,7 +57,9 @@ impl<C> Clone for LogStore<C> {
 
 impl<C> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("store", &self.store).finish()
+        f.debug_struct("LogStore")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -80,7 +82,10 @@ fn vote_err<NID: openraft::NodeId>(e: impl Into<StorageError>) -> openraft::Stor
     StorageIOError::write_vote(AnyError::new(&e)).into()
 }
 
-fn decode<T: DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StorageError> {
+fn decode<T: DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StorageError> {
     bizra_crypto::codec::decode(bytes).map_err(|e| StorageError::codec(what(), e))
 }
 
@@ -172,8 +177,13 @@ where
         self.read_range(&range, usize::MAX).map_err(read_err)
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> RaftResult<Vec<C::Entry>, C> {
-        self.read_range(&(start..end), MAX_READ_BYTES).map_err(read_err)
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> RaftResult<Vec<C::Entry>, C> {
+        self.read_range(&(start..end), MAX_READ_BYTES)
+            .map_err(read_err)
     }
 }
 
@@ -186,7 +196,10 @@ where
 
     async fn get_log_state(&mut self) -> RaftResult<LogState<C>, C> {
         let last_purged_log_id = self.last_purged().map_err(read_err)?;
-        let last_log_id = self.last_entry_id().map_err(read_err)?.or_else(|| last_purged_log_id.clone());
+        let last_log_id = self
+            .last_entry_id()
+            .map_err(read_err)?
+            .or_else(|| last_purged_log_id.clone());
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -229,7 +242,12 @@ where
     }
 
     async fn read_committed(&mut self) -> RaftResult<Option<LogId<C::NodeId>>, C> {
-        match self.store.meta_tree().get(COMMITTED_KEY).map_err(read_err)? {
+        match self
+            .store
+            .meta_tree()
+            .get(COMMITTED_KEY)
+            .map_err(read_err)?
+        {
             Some(v) => decode(|| "committed log id".into(), &v).map_err(read_err),
             None => Ok(None),
         }

@@ -10,10 +10,14 @@
 //! everything before it (32 bytes)`. It is written to `snapshot.tmp`,
 //! fsynced, renamed over `snapshot.current`, and the directory fsynced:
 //! after a crash the file is either the old snapshot or the new one, whole.
+//! Saves are serialized, and a save never replaces a snapshot with an older
+//! one (a slow build finishing after a newer install must not win: the log
+//! was purged behind the newer one).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use openraft::{BasicNode, SnapshotMeta};
 
@@ -28,15 +32,19 @@ const TMP: &str = "snapshot.tmp";
 pub type SnapshotMetaOf = SnapshotMeta<u64, BasicNode>;
 
 /// The place where the current snapshot is kept.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SnapshotFile {
     dir: PathBuf,
+    /// Held (on a blocking thread, never across an await) for the whole
+    /// of a save, so two saves never share `snapshot.tmp`.
+    saving: Mutex<()>,
 }
 
 impl SnapshotFile {
     pub(crate) fn new(dir: &Path) -> Self {
         SnapshotFile {
             dir: dir.to_path_buf(),
+            saving: Mutex::new(()),
         }
     }
 
@@ -50,9 +58,19 @@ impl SnapshotFile {
         }
     }
 
-    /// Durably replaces the current snapshot with (`meta`, `data`).
-    /// Blocking file IO: call it from a blocking thread.
-    pub fn save(&self, meta: &SnapshotMetaOf, data: &[u8]) -> Result<()> {
+    /// Durably replaces the current snapshot with (`meta`, `data`), unless
+    /// the stored one is at least as new (same or later last log id; then
+    /// nothing is written and `false` is returned). Blocking file IO: call
+    /// it from a blocking thread.
+    pub fn save(&self, meta: &SnapshotMetaOf, data: &[u8]) -> Result<bool> {
+        // A panic in another save cannot leave this lock guarding broken
+        // data: the files are checked on load.
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(Some(current)) = self.load_meta() {
+            if current.last_log_id >= meta.last_log_id {
+                return Ok(false);
+            }
+        }
         let meta_bytes = bizra_crypto::codec::encode(meta)
             .map_err(|e| StorageError::codec("snapshot meta", e))?;
         let meta_len = u32::try_from(meta_bytes.len())
@@ -80,7 +98,37 @@ impl SnapshotFile {
         drop(f);
         std::fs::rename(&tmp, &current)
             .map_err(|e| StorageError::io("rename snapshot.tmp to", &current, e))?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(true)
+    }
+
+    /// The stored snapshot's meta only (header read, checksum not
+    /// verified): enough to order snapshots without reading the data.
+    pub fn load_meta(&self) -> Result<Option<SnapshotMetaOf>> {
+        let path = self.dir.join(CURRENT);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("open", path, e)),
+        };
+        let mut head = [0u8; MAGIC.len() + 4];
+        f.read_exact(&mut head)
+            .map_err(|e| StorageError::io("read", &path, e))?;
+        if &head[..MAGIC.len()] != MAGIC {
+            return Err(StorageError::Corrupt(format!(
+                "{}: not a bizra snapshot file",
+                path.display()
+            )));
+        }
+        let mut len4 = [0u8; 4];
+        len4.copy_from_slice(&head[MAGIC.len()..]);
+        let mut meta = Vec::new();
+        f.take(u64::from(u32::from_be_bytes(len4)))
+            .read_to_end(&mut meta)
+            .map_err(|e| StorageError::io("read", &path, e))?;
+        bizra_crypto::codec::decode(&meta)
+            .map(Some)
+            .map_err(|e| StorageError::codec("snapshot meta", e))
     }
 
     /// The current snapshot, if one was ever saved. A damaged file is an

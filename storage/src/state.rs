@@ -192,9 +192,9 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 }
 
 fn u64_of(what: &str, bytes: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt(format!("{what}: expected 8 bytes, found {}", bytes.len())))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| {
+        StorageError::Corrupt(format!("{what}: expected 8 bytes, found {}", bytes.len()))
+    })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -323,10 +323,17 @@ impl StateTables {
             let height = block.header.height;
             let mut ids = Vec::with_capacity(block.attestations.len());
             for (i, (id, att)) in block.attestations.into_iter().enumerate() {
-                let index = u32::try_from(i)
-                    .map_err(|_| StorageError::Corrupt("block with over 2^32 attestations".into()))?;
-                batch.insert(&key::index(key::BY_ATTESTER, &att.attester, height, index)[..], &id);
-                batch.insert(&key::index(key::BY_POI, &att.poi_hash, height, index)[..], &id);
+                let index = u32::try_from(i).map_err(|_| {
+                    StorageError::Corrupt("block with over 2^32 attestations".into())
+                })?;
+                batch.insert(
+                    &key::index(key::BY_ATTESTER, &att.attester, height, index)[..],
+                    &id,
+                );
+                batch.insert(
+                    &key::index(key::BY_POI, &att.poi_hash, height, index)[..],
+                    &id,
+                );
                 let record = StoredAttestation {
                     attestation: att,
                     height,
@@ -349,13 +356,19 @@ impl StateTables {
                 ids,
             };
             batch.insert(&key::block(height), encode("block record", &stored)?);
-            batch.insert(&key::hash_key(key::BLOCK_HASH, &block.hash)[..], &height.to_be_bytes());
+            batch.insert(
+                &key::hash_key(key::BLOCK_HASH, &block.hash)[..],
+                &height.to_be_bytes(),
+            );
             batch.insert(key::HEAD, encode("head", &head)?);
         }
         if let Some(m) = update.membership {
             batch.insert(key::MEMBERSHIP, encode("membership", &m)?);
         }
-        batch.insert(key::APPLIED, encode("last applied log id", &Some(update.applied))?);
+        batch.insert(
+            key::APPLIED,
+            encode("last applied log id", &Some(update.applied))?,
+        );
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -470,15 +483,18 @@ fn parse_export(mut data: &[u8]) -> Result<Pairs> {
         let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
         let rest = &data[4..];
         if rest.len() < len {
-            return Err(bad(format!("frame of {len} bytes, only {} left", rest.len())));
+            return Err(bad(format!(
+                "frame of {len} bytes, only {} left",
+                rest.len()
+            )));
         }
         let frame = rest[..len].to_vec();
         *data = &rest[len..];
         Ok(Some(frame))
     };
     let header_bytes = next_frame(&mut data)?.ok_or_else(|| bad("empty snapshot data".into()))?;
-    let header: ExportHeader = bizra_crypto::codec::decode(&header_bytes)
-        .map_err(|e| bad(format!("header: {e}")))?;
+    let header: ExportHeader =
+        bizra_crypto::codec::decode(&header_bytes).map_err(|e| bad(format!("header: {e}")))?;
     if header.format != SNAPSHOT_FORMAT {
         return Err(bad(format!(
             "format {} (this build reads {SNAPSHOT_FORMAT}); upgrade this node",

@@ -32,7 +32,15 @@ fn committed_attestations_survive_full_restart(down: Down) {
     for node in 0..cluster.len() {
         match down {
             Down::Stop => {
-                cluster.stop(node).expect("stop a node");
+                let stopped = cluster
+                    .stop(node)
+                    .expect("stop a node")
+                    .expect("it was running");
+                assert!(
+                    stopped.graceful && stopped.status.success(),
+                    "node-{} exits cleanly on SIGTERM: {stopped:?}",
+                    node + 1
+                );
             }
             Down::Kill => cluster.kill(node).expect("kill a node"),
         }

@@ -115,29 +115,64 @@ async fn forged_signatures_are_rejected_and_duplicates_point_to_the_original() {
     let (_d, mut sm, reader) = fresh().await;
     let responses = sm.apply(entries()).await.expect("apply");
     let outcomes = &responses[1].outcomes;
-    assert_eq!(outcomes[0], Outcome::Committed { height: 2, index: 0 });
+    assert_eq!(
+        outcomes[0],
+        Outcome::Committed {
+            height: 2,
+            index: 0
+        }
+    );
     match &outcomes[1] {
-        Outcome::Rejected { reason } => assert!(reason.starts_with("INVALID_SIGNATURE"), "{reason}"),
+        Outcome::Rejected { reason } => {
+            assert!(reason.starts_with("INVALID_SIGNATURE"), "{reason}")
+        }
         other => panic!("forged signature gave {other:?}"),
     }
     // a(1) was committed in block 1 at index 0.
-    assert_eq!(outcomes[2], Outcome::Duplicate { height: 1, index: 0 });
+    assert_eq!(
+        outcomes[2],
+        Outcome::Duplicate {
+            height: 1,
+            index: 0
+        }
+    );
     // a(4) repeated within the same proposal: the first copy's place.
-    assert_eq!(outcomes[3], Outcome::Duplicate { height: 2, index: 0 });
-    assert_eq!(outcomes[4], Outcome::Committed { height: 2, index: 1 });
+    assert_eq!(
+        outcomes[3],
+        Outcome::Duplicate {
+            height: 2,
+            index: 0
+        }
+    );
+    assert_eq!(
+        outcomes[4],
+        Outcome::Committed {
+            height: 2,
+            index: 1
+        }
+    );
     match &outcomes[5] {
         Outcome::Rejected { reason } => assert!(reason.starts_with("INVALID_REQUEST"), "{reason}"),
         other => panic!("bad shape gave {other:?}"),
     }
     // The forged a(5) was never stored; a forged a(7) did not block the
     // genuine a(7) later.
-    assert_eq!(reader.attestation(&id(&attestation(1, 5))).expect("read"), None);
+    assert_eq!(
+        reader.attestation(&id(&attestation(1, 5))).expect("read"),
+        None
+    );
     assert!(matches!(responses[3].outcomes[0], Outcome::Rejected { .. }));
     assert_eq!(
         responses[4].outcomes,
         vec![
-            Outcome::Committed { height: 3, index: 0 },
-            Outcome::Duplicate { height: 1, index: 1 }
+            Outcome::Committed {
+                height: 3,
+                index: 0
+            },
+            Outcome::Duplicate {
+                height: 1,
+                index: 1
+            }
         ]
     );
     let stored = reader

@@ -61,7 +61,11 @@ struct ChannelTransport {
 }
 
 impl Transport for ChannelTransport {
-    async fn call(&self, target: u64, req: RaftRpcRequest) -> Result<RaftRpcResponse, TransportError> {
+    async fn call(
+        &self,
+        target: u64,
+        req: RaftRpcRequest,
+    ) -> Result<RaftRpcResponse, TransportError> {
         let (inbox, fault) = {
             let st = self.router.state.lock().expect("no panic while held");
             let fault = st
@@ -78,7 +82,8 @@ impl Transport for ChannelTransport {
         }
         let inbox = inbox.ok_or_else(|| TransportError::new(format!("no node {target}")))?;
         // Through the codec, as over p2p.
-        let bytes = bizra_crypto::codec::encode(&req).map_err(|e| TransportError::new(e.to_string()))?;
+        let bytes =
+            bizra_crypto::codec::encode(&req).map_err(|e| TransportError::new(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         inbox
             .try_send((bytes, tx))
@@ -208,7 +213,10 @@ impl Cluster {
             match self.node(leader).raft.client_write(req.clone()).await {
                 Ok(resp) => return (resp.log_id.index, resp.data),
                 Err(e) => {
-                    assert!(tokio::time::Instant::now() < deadline, "no write succeeded: {e}");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no write succeeded: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -247,17 +255,29 @@ async fn elect_commit_and_fail_over() {
     cluster.applied(&all, index).await;
     for id in all {
         let head = cluster.node(id).reader.head().expect("read").expect("head");
-        assert_eq!((head.header.height, head.hash), (1, block1.block_hash), "node {id}");
+        assert_eq!(
+            (head.header.height, head.hash),
+            (1, block1.block_hash),
+            "node {id}"
+        );
     }
 
     // Kill the leader: stop its Raft, and make it unreachable.
     let old = cluster.leader(&all).await;
     cluster.router.set_fault(old, Some(Fault::Down));
-    cluster.node(old).raft.shutdown().await.expect("clean shutdown");
+    cluster
+        .node(old)
+        .raft
+        .shutdown()
+        .await
+        .expect("clean shutdown");
     let alive: Vec<u64> = all.into_iter().filter(|id| *id != old).collect();
 
     let (index, resp) = cluster
-        .write(&alive, proposal((5..9).map(|i| attestation(7, i)).collect()))
+        .write(
+            &alive,
+            proposal((5..9).map(|i| attestation(7, i)).collect()),
+        )
         .await;
     let block2 = resp.block.expect("four valid attestations make a block");
     assert_eq!(block2.height, 2);
@@ -265,7 +285,12 @@ async fn elect_commit_and_fail_over() {
     assert_ne!(new, old);
     cluster.applied(&alive, index).await;
     for id in &alive {
-        let head = cluster.node(*id).reader.head().expect("read").expect("head");
+        let head = cluster
+            .node(*id)
+            .reader
+            .head()
+            .expect("read")
+            .expect("head");
         assert_eq!(head.hash, block2.block_hash, "node {id}");
         assert_eq!(head.header.parent_hash, block1.block_hash, "node {id}");
     }
@@ -276,9 +301,7 @@ async fn elect_commit_and_fail_over() {
 async fn lagging_node_catches_up_by_snapshot() {
     let cluster = Cluster::start(SnapshotPolicy::Never).await;
     let all = [1, 2, 3];
-    let (index, _) = cluster
-        .write(&all, proposal(vec![attestation(8, 0)]))
-        .await;
+    let (index, _) = cluster.write(&all, proposal(vec![attestation(8, 0)])).await;
     cluster.applied(&all, index).await;
 
     // Partition a follower: its messages are lost.
@@ -290,7 +313,10 @@ async fn lagging_node_catches_up_by_snapshot() {
     let mut last = index;
     for b in 1..=4u64 {
         let (i, resp) = cluster
-            .write(&majority, proposal(vec![attestation(8, b * 10), attestation(8, b * 10 + 1)]))
+            .write(
+                &majority,
+                proposal(vec![attestation(8, b * 10), attestation(8, b * 10 + 1)]),
+            )
             .await;
         assert!(resp.block.is_some());
         last = i;
@@ -308,7 +334,10 @@ async fn lagging_node_catches_up_by_snapshot() {
         let raft = &cluster.node(*id).raft;
         raft.trigger().snapshot().await.expect("snapshot triggered");
         raft.wait(Some(WAIT))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot built")
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= last),
+                "snapshot built",
+            )
             .await
             .unwrap_or_else(|e| panic!("node {id} did not build a snapshot: {e}"));
     }
@@ -322,7 +351,10 @@ async fn lagging_node_catches_up_by_snapshot() {
         if all_purged {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the majority never purged its logs");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the majority never purged its logs"
+        );
         let (i, _) = cluster
             .write(&majority, proposal(vec![attestation(9, last)]))
             .await;
@@ -330,7 +362,14 @@ async fn lagging_node_catches_up_by_snapshot() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        cluster.node(lagging).raft.metrics().borrow().last_applied.map(|l| l.index) < Some(last),
+        cluster
+            .node(lagging)
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            < Some(last),
         "the partitioned node must be behind"
     );
 
@@ -341,21 +380,37 @@ async fn lagging_node_catches_up_by_snapshot() {
     let snapshot = lagging_metrics
         .snapshot
         .expect("the lagging node holds an installed snapshot");
-    assert!(snapshot.index > index, "installed snapshot covers the purged log");
+    assert!(
+        snapshot.index > index,
+        "installed snapshot covers the purged log"
+    );
 
     let heads: Vec<_> = all
         .iter()
-        .map(|id| cluster.node(*id).reader.head().expect("read").expect("head"))
+        .map(|id| {
+            cluster
+                .node(*id)
+                .reader
+                .head()
+                .expect("read")
+                .expect("head")
+        })
         .collect();
     assert_eq!(heads[0], heads[1]);
     assert_eq!(heads[1], heads[2]);
     for h in 1..=heads[0].header.height {
         let want = cluster.node(leader).reader.block(h).expect("read");
-        assert_eq!(cluster.node(lagging).reader.block(h).expect("read"), want, "block {h}");
+        assert_eq!(
+            cluster.node(lagging).reader.block(h).expect("read"),
+            want,
+            "block {h}"
+        );
     }
 
     // And it takes part in new blocks.
-    let (i, resp) = cluster.write(&all, proposal(vec![attestation(8, 999)])).await;
+    let (i, resp) = cluster
+        .write(&all, proposal(vec![attestation(8, 999)]))
+        .await;
     cluster.applied(&all, i).await;
     let want = resp.block.expect("a block").block_hash;
     for id in all {

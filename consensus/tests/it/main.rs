@@ -6,3 +6,4 @@ mod common;
 mod conformance;
 mod crash;
 mod network;
+mod snapshot;

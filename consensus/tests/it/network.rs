@@ -17,16 +17,24 @@ enum Fake {
 }
 
 impl Transport for Fake {
-    async fn call(&self, target: u64, req: RaftRpcRequest) -> Result<RaftRpcResponse, TransportError> {
+    async fn call(
+        &self,
+        target: u64,
+        req: RaftRpcRequest,
+    ) -> Result<RaftRpcResponse, TransportError> {
         // Requests cross the wire through the codec: check they encode.
         bizra_crypto::codec::encode(&req).expect("requests encode");
         match self {
             Fake::Fails => Err(TransportError::new(format!("node {target} not connected"))),
             Fake::Hangs => std::future::pending().await,
-            Fake::WrongKind => Ok(RaftRpcResponse::AppendEntries(Err(openraft::error::RaftError::Fatal(
-                openraft::error::Fatal::Stopped,
+            Fake::WrongKind => Ok(RaftRpcResponse::AppendEntries(Err(
+                openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped),
+            ))),
+            Fake::Answers => Ok(RaftRpcResponse::Vote(Ok(VoteResponse::new(
+                Vote::new(1, 2),
+                None,
+                true,
             )))),
-            Fake::Answers => Ok(RaftRpcResponse::Vote(Ok(VoteResponse::new(Vote::new(1, 2), None, true)))),
         }
     }
 }
@@ -56,7 +64,10 @@ async fn no_answer_within_hard_ttl_is_a_timeout() {
         .await
         .expect("the RPC gives up by itself at hard_ttl")
         .unwrap_err();
-    assert!(err.starts_with("network: ") && err.contains("no answer"), "{err}");
+    assert!(
+        err.starts_with("network: ") && err.contains("no answer"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -71,5 +82,10 @@ async fn answers_round_trip_through_the_codec() {
     let bytes = bizra_crypto::codec::encode(&resp).expect("responses encode");
     let back: RaftRpcResponse = bizra_crypto::codec::decode(&bytes).expect("and decode");
     assert!(matches!(back, RaftRpcResponse::Vote(Ok(v)) if v.vote_granted));
-    assert!(vote_through(Fake::Answers).await.expect("granted").vote_granted);
+    assert!(
+        vote_through(Fake::Answers)
+            .await
+            .expect("granted")
+            .vote_granted
+    );
 }

@@ -1,6 +1,6 @@
 //! The Raft log store: reads, truncate, purge, and what survives a reopen.
 
-use bizra_storage::{Store, StorageError};
+use bizra_storage::{StorageError, Store};
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
 use openraft::Vote;
 
@@ -47,11 +47,7 @@ async fn purging_everything_keeps_the_last_log_id() {
     let state = log.get_log_state().await.expect("log state");
     assert_eq!(state.last_purged_log_id, Some(log_id(2, 5)));
     assert_eq!(state.last_log_id, Some(log_id(2, 5)));
-    assert!(log
-        .try_get_log_entries(..)
-        .await
-        .expect("read")
-        .is_empty());
+    assert!(log.try_get_log_entries(..).await.expect("read").is_empty());
 }
 
 #[tokio::test]

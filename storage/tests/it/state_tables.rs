@@ -71,7 +71,10 @@ fn committed_blocks_are_readable_by_every_key() {
     assert_eq!(tables.applied_state().expect("read").0, None);
     let (b1, b2) = fill(&tables);
 
-    let head = tables.head().expect("read").expect("a head after two blocks");
+    let head = tables
+        .head()
+        .expect("read")
+        .expect("a head after two blocks");
     assert_eq!(head.hash, b2.hash);
     assert_eq!(
         tables.head_ref().expect("read"),
@@ -85,12 +88,24 @@ fn committed_blocks_are_readable_by_every_key() {
         .expect("read")
         .expect("block 1 by hash");
     assert_eq!(by_hash.header, b1.header);
-    assert_eq!(by_hash.ids, b1.attestations.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+    assert_eq!(
+        by_hash.ids,
+        b1.attestations
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>()
+    );
 
     let (id3, a3) = att(2, 7, 3);
-    let stored = tables.attestation(&id3).expect("read").expect("id 3 stored");
+    let stored = tables
+        .attestation(&id3)
+        .expect("read")
+        .expect("id 3 stored");
     assert_eq!(stored.attestation, a3);
-    assert_eq!((stored.height, stored.index, stored.block_hash), (1, 2, b1.hash));
+    assert_eq!(
+        (stored.height, stored.index, stored.block_hash),
+        (1, 2, b1.hash)
+    );
     assert_eq!(tables.applied_state().expect("read").0, Some(log_id(1, 12)));
 
     let page = tables.by_attester(&[1; 32], None, 2).expect("read");
@@ -98,22 +113,36 @@ fn committed_blocks_are_readable_by_every_key() {
         page.iter().map(|e| (e.height, e.index)).collect::<Vec<_>>(),
         vec![(1, 0), (1, 1)]
     );
-    let rest = tables.by_attester(&[1; 32], Some((1, 1)), 10).expect("read");
+    let rest = tables
+        .by_attester(&[1; 32], Some((1, 1)), 10)
+        .expect("read");
     assert_eq!(
-        rest.iter().map(|e| (e.height, e.index, e.id[7])).collect::<Vec<_>>(),
+        rest.iter()
+            .map(|e| (e.height, e.index, e.id[7]))
+            .collect::<Vec<_>>(),
         vec![(2, 0, 4)]
     );
     let poi = tables.by_poi_hash(&[7; 32], None, 10).expect("read");
-    assert_eq!(poi.iter().map(|e| e.id[7]).collect::<Vec<_>>(), vec![1, 3, 4]);
-    assert!(tables.by_attester(&[3; 32], None, 10).expect("read").is_empty());
+    assert_eq!(
+        poi.iter().map(|e| e.id[7]).collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    assert!(tables
+        .by_attester(&[3; 32], None, 10)
+        .expect("read")
+        .is_empty());
 }
 
 #[test]
 fn export_then_install_reproduces_the_tables_and_replaces_old_ones() {
     let dir_a = tempfile::tempdir().expect("a temp dir can be created");
     let dir_b = tempfile::tempdir().expect("a temp dir can be created");
-    let a = Store::open(dir_a.path()).expect("a fresh store opens").state();
-    let b = Store::open(dir_b.path()).expect("a fresh store opens").state();
+    let a = Store::open(dir_a.path())
+        .expect("a fresh store opens")
+        .state();
+    let b = Store::open(dir_b.path())
+        .expect("a fresh store opens")
+        .state();
     let (b1, b2) = fill(&a);
     // B has unrelated state that the install must remove.
     let stale = block(1, [0; 32], vec![att(3, 3, 99)]);
@@ -142,7 +171,9 @@ fn export_then_install_reproduces_the_tables_and_replaces_old_ones() {
 #[test]
 fn damaged_snapshot_data_is_refused() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let tables = Store::open(dir.path()).expect("a fresh store opens").state();
+    let tables = Store::open(dir.path())
+        .expect("a fresh store opens")
+        .state();
     fill(&tables);
     let data = tables.export().expect("export");
     // One more chunk with one pair than the header announces.
@@ -177,9 +208,19 @@ fn snapshot_file_round_trips_and_detects_damage() {
         last_membership: MembershipOf::default(),
         snapshot_id: "3-30".into(),
     };
-    file.save(&meta, b"state bytes").expect("save");
+    assert!(file.save(&meta, b"state bytes").expect("save"));
     let (m, d) = file.load().expect("load").expect("saved");
-    assert_eq!((m, d.as_slice()), (meta, &b"state bytes"[..]));
+    assert_eq!((m, d.as_slice()), (meta.clone(), &b"state bytes"[..]));
+    assert_eq!(file.load_meta().expect("meta"), Some(meta.clone()));
+
+    // An older snapshot (a slow build finishing late) never replaces it.
+    let older = SnapshotMetaOf {
+        last_log_id: Some(log_id(3, 20)),
+        snapshot_id: "3-20".into(),
+        ..meta.clone()
+    };
+    assert!(!file.save(&older, b"old").expect("save"));
+    assert_eq!(file.load().expect("load").map(|(m, _)| m), Some(meta));
 
     let path = dir.path().join("snapshot.current");
     let mut bytes = std::fs::read(&path).expect("the file exists");
