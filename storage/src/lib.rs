@@ -23,7 +23,7 @@
 //!   appends of 300 KB then made no blob file and took 3-5 ms each instead
 //!   of 10-11 ms. Larger values can still become blobs, so each sync round
 //!   also fdatasyncs new or grown blob files and fsyncs `blobs/` when names
-//!   appeared. Details and numbers: `storage/DURABILITY.md`.
+//!   appeared. Details and numbers: `docs/DURABILITY.md`.
 //! * sled never syncs directories: the data directory tree is fsynced at
 //!   every open (which covers its creation), and sled's directory whenever
 //!   its names changed (sled renames its `snap.*` files without a

@@ -216,7 +216,7 @@ impl Store {
 /// to blobs (242 blob files for 200 appends), and appending one such entry
 /// with its sync took 10-11 ms; with 16 MiB, 200 appends made no blob file
 /// and took 3-5 ms each (same machine, same load; see
-/// `storage/DURABILITY.md`). Values over ~4 MiB still go to blobs, which
+/// `docs/DURABILITY.md`). Values over ~4 MiB still go to blobs, which
 /// the syncer syncs, so this is a speed setting, not a correctness one.
 /// sled marks `segment_size` `#[doc(hidden)]`; it validates it (power of
 /// two, at most 16 MiB) and refuses to reopen a database with another
