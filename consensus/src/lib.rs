@@ -54,10 +54,13 @@ pub async fn open(
     tokio::task::spawn_blocking(move || state_machine::recover(&recovering))
         .await
         .map_err(|e| ConsensusError::Task(e.to_string()))??;
-    let reader = ChainReader::new(store.state());
+    let tables = store.state();
+    let head = tables.head_ref()?.map(|h| h.height).unwrap_or(0);
+    let (head_tx, head_rx) = tokio::sync::watch::channel(head);
+    let reader = ChainReader::new(tables, head_rx);
     Ok((
         LogStore::new(store.clone()),
-        StateMachine::new(store, chain_id),
+        StateMachine::new(store, chain_id, head_tx),
         reader,
     ))
 }

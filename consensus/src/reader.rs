@@ -16,11 +16,22 @@ use crate::error::ConsensusError;
 #[derive(Clone, Debug)]
 pub struct ChainReader {
     tables: StateTables,
+    head: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ChainReader {
-    pub(crate) fn new(tables: StateTables) -> Self {
-        ChainReader { tables }
+    pub(crate) fn new(tables: StateTables, head: tokio::sync::watch::Receiver<u64>) -> Self {
+        ChainReader { tables, head }
+    }
+
+    /// The height of the latest applied block (0 before the first), as a
+    /// watch: it changes after every apply that made a block and after a
+    /// snapshot install. Consumers (waiting clients, finality, the pending
+    /// pool, subscriptions) remember the last height they processed and
+    /// read the blocks in between with [`ChainReader::block`], so a burst of
+    /// blocks is never missed, only coalesced.
+    pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.clone()
     }
 
     /// The committed attestation with this id, where it is, and its

@@ -41,6 +41,10 @@ pub struct StateMachine {
     store: Store,
     tables: StateTables,
     chain_id: Hash,
+    /// Height of the latest applied block, published after every apply and
+    /// install so readers ([`ChainReader::watch_head`](crate::ChainReader::watch_head))
+    /// learn about new blocks without polling.
+    head: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -61,12 +65,24 @@ fn task_err(e: tokio::task::JoinError) -> RaftStorageError {
 }
 
 impl StateMachine {
-    pub(crate) fn new(store: Store, chain_id: Hash) -> Self {
+    pub(crate) fn new(store: Store, chain_id: Hash, head: tokio::sync::watch::Sender<u64>) -> Self {
         let tables = store.state();
         StateMachine {
             store,
             tables,
             chain_id,
+            head,
+        }
+    }
+
+    /// Publishes the current head height (after apply or install).
+    fn publish_head(&self) {
+        if let Ok(Some(head)) = self.tables.head_ref() {
+            self.head.send_if_modified(|h| {
+                let changed = *h != head.height;
+                *h = head.height;
+                changed
+            });
         }
     }
 
@@ -175,7 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let chain_id = self.chain_id;
         // Signature checks are CPU-bound (about 1000 per block): keep them
         // off the async worker threads.
-        tokio::task::spawn_blocking(move || {
+        let responses = tokio::task::spawn_blocking(move || {
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
@@ -186,7 +202,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(task_err)?
-        .map_err(|(log_id, e)| StorageIOError::apply(log_id, AnyError::new(&e)).into())
+        .map_err(|(log_id, e)| -> RaftStorageError {
+            StorageIOError::apply(log_id, AnyError::new(&e)).into()
+        })?;
+        self.publish_head();
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -229,7 +249,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || install(&store, &meta, data))
             .await
             .map_err(task_err)?
-            .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)).into())
+            .map_err(|e| -> RaftStorageError {
+                StorageIOError::write_snapshot(signature, AnyError::new(&e)).into()
+            })?;
+        self.publish_head();
+        Ok(())
     }
 
     async fn get_current_snapshot(
