@@ -6,9 +6,15 @@
 //! run identically in tests, on the node that was asked and on the leader a
 //! submission was forwarded to.
 
+use std::sync::Arc;
+
 use bizra_crypto::{Attestation, Hash, Policy};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::api::ApiError;
+
+/// Most attestations verified in one batch.
+const MAX_VERIFY_BATCH: usize = 1024;
 
 /// Shape check: parse the client's JSON text strictly.
 pub fn parse(json_text: &str) -> Result<Attestation, ApiError> {
@@ -31,7 +37,7 @@ pub fn check(
 }
 
 /// Step 3: `now - max_age <= timestamp <= now + max_future_skew`.
-pub fn check_freshness(timestamp_ms: u64, policy: &Policy, now_ms: u64) -> Result<(), ApiError> {
+pub(crate) fn check_freshness(timestamp_ms: u64, policy: &Policy, now_ms: u64) -> Result<(), ApiError> {
     let oldest = now_ms.saturating_sub(policy.max_age_s.saturating_mul(1000));
     let newest = now_ms.saturating_add(policy.max_future_skew_s.saturating_mul(1000));
     if timestamp_ms < oldest {
@@ -52,7 +58,7 @@ pub fn check_freshness(timestamp_ms: u64, policy: &Policy, now_ms: u64) -> Resul
 }
 
 /// Step 4: `ahsan_score >= min_ahsan_score` (both in hundredths).
-pub fn check_score(score_centi: u16, policy: &Policy) -> Result<(), ApiError> {
+pub(crate) fn check_score(score_centi: u16, policy: &Policy) -> Result<(), ApiError> {
     if score_centi < policy.min_ahsan_score {
         return Err(ApiError::AhsanScoreTooLow(format!(
             "ahsan_score {} is below the cluster minimum {}",
@@ -61,6 +67,142 @@ pub fn check_score(score_centi: u16, policy: &Policy) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Which checks a queued attestation gets besides shape and signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checks {
+    /// A client's submission: all of PROTOCOL.md's admission policy.
+    Client,
+    /// Received by gossip from a validator that already admitted it:
+    /// freshness was that validator's decision at admission time (it is
+    /// checked at admission only), so only shape, signature and score.
+    Gossip,
+}
+
+struct Job {
+    attestation: Attestation,
+    checks: Checks,
+    reply: oneshot::Sender<Result<Hash, ApiError>>,
+}
+
+/// Admission with batched signature verification: requests that arrive
+/// together are checked together with `verify_batch` (falling back to
+/// single strict checks to find a bad one). Only an admission decision:
+/// apply re-verifies every signature with `verify_strict`. The queue in
+/// front is bounded; a full queue answers OVERLOADED at once.
+#[derive(Clone)]
+pub(crate) struct Admitter {
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+}
+
+impl Admitter {
+    /// Starts the verifier: `parallel` batches may be verified at once (one
+    /// per core is right; verification is CPU-bound).
+    pub(crate) fn start(
+        chain_id: Hash,
+        policy: Policy,
+        capacity: usize,
+        parallel: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Admitter, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = run_verifier(rx, chain_id, policy, parallel.max(1), shutdown);
+        (Admitter { tx, capacity }, task)
+    }
+
+    /// Runs the admission checks (shape → signature → freshness → score)
+    /// and returns the attestation id.
+    pub(crate) async fn check(&self, attestation: Attestation, checks: Checks) -> Result<Hash, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            attestation,
+            checks,
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(ApiError::Overloaded {
+                    capacity: self.capacity,
+                    retry_after_ms: crate::api::RETRY_OVERLOADED_MS,
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(shutting_down()),
+        }
+        rx.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable {
+        message: "node is shutting down".into(),
+        retry_after_ms: crate::api::RETRY_NO_LEADER_MS,
+    }
+}
+
+async fn run_verifier(
+    mut rx: mpsc::Receiver<Job>,
+    chain_id: Hash,
+    policy: Policy,
+    parallel: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cores = Arc::new(Semaphore::new(parallel));
+    loop {
+        let Ok(permit) = cores.clone().acquire_owned().await else {
+            return;
+        };
+        let first = tokio::select! {
+            job = rx.recv() => match job { Some(j) => j, None => return },
+            _ = shutdown.changed() => return,
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_VERIFY_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let policy = policy.clone();
+        tokio::task::spawn_blocking(move || {
+            verify_jobs(jobs, &chain_id, &policy);
+            drop(permit);
+        });
+    }
+}
+
+/// Checks a batch in the protocol's order: shape first (a malformed item
+/// never reaches the batch), then one batch signature check, then the
+/// clock and score policy per item.
+fn verify_jobs(jobs: Vec<Job>, chain_id: &Hash, policy: &Policy) {
+    let now = crate::now_ms();
+    let mut shaped = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job.attestation.check_shape() {
+            Ok(()) => shaped.push(job),
+            Err(e) => {
+                let _ = job.reply.send(Err(e.into()));
+            }
+        }
+    }
+    let atts: Vec<Attestation> = shaped.iter().map(|j| j.attestation.clone()).collect();
+    let valid = bizra_crypto::verify_batch(chain_id, &atts);
+    for (job, sig_ok) in shaped.into_iter().zip(valid) {
+        let result = if !sig_ok {
+            Err(ApiError::InvalidSignature)
+        } else {
+            let fresh = match job.checks {
+                Checks::Client => check_freshness(job.attestation.timestamp_ms, policy, now),
+                Checks::Gossip => Ok(()),
+            };
+            fresh
+                .and_then(|()| check_score(job.attestation.ahsan_score, policy))
+                .map(|()| job.attestation.id(chain_id))
+        };
+        let _ = job.reply.send(result);
+    }
 }
 
 fn centi_text(centi: u16) -> String {

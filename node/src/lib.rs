@@ -11,11 +11,15 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod keyfile;
+mod gossip;
 mod net;
 mod node;
+mod p2p_shim;
+mod pool;
 mod proposer;
 mod rpc;
 pub mod submit;
+mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -114,7 +118,7 @@ pub async fn run(
     .map_err(|e| NodeError::Consensus(format!("raft config: {e}")))?;
     let transport = net::P2pTransport {
         p2p: p2p.clone(),
-        keys: Arc::new(validator_keys.clone()),
+        keys: Arc::new(validator_keys),
     };
     let raft = bizra_consensus::Raft::new(
         node_id,
@@ -148,18 +152,17 @@ pub async fn run(
         }
     }
 
-    let (proposer, proposer_loop) = proposer::proposer(
-        raft.clone(),
-        reader.clone(),
-        proposer::ProposerConfig {
-            max_attestations: config.block.max_attestations,
-            max_delay: Duration::from_millis(config.block.max_delay_ms),
-            max_in_flight: config.block.max_in_flight,
-            queue_capacity: config.admission.queue_capacity,
-            proposer_key: public_key,
-        },
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (admitter, verifier_loop) = admission::Admitter::start(
+        chain_id,
+        genesis.policy.clone(),
+        config.admission.queue_capacity,
+        parallel,
         stop_rx.clone(),
     );
+    let (gossip_out, gossip_rx) = gossip::GossipOut::new();
 
     let node = Arc::new(node::Node {
         chain_id,
@@ -170,10 +173,36 @@ pub async fn run(
         raft: raft.clone(),
         reader,
         p2p: p2p.clone(),
-        proposer,
-        validator_keys,
+        admitter,
+        pool: pool::Pool::new(config.admission.queue_capacity),
+        gossip: gossip_out,
+        wake_proposer: tokio::sync::Notify::new(),
         commit_timeout: Duration::from_millis(config.admission.commit_timeout_ms),
     });
+
+    let mut tasks = tasks::Tasks::default();
+    tasks.spawn("admission-verifier", verifier_loop);
+    tasks.spawn(
+        "proposer",
+        proposer::run_proposer(
+            node.clone(),
+            proposer::ProposerConfig {
+                max_attestations: config.block.max_attestations,
+                max_delay: Duration::from_millis(config.block.max_delay_ms),
+                max_in_flight: config.block.max_in_flight,
+            },
+            stop_rx.clone(),
+        ),
+    );
+    tasks.spawn("chain-follower", proposer::run_follower(node.clone(), stop_rx.clone()));
+    tasks.spawn(
+        "gossip-out",
+        gossip::run_outbound(node.clone(), gossip_rx, stop_rx.clone()),
+    );
+    tasks.spawn(
+        "p2p-inbound",
+        net::serve_inbound(node.clone(), p2p_events, stop_rx.clone()),
+    );
 
     let rpc_addr = rpc_listener
         .local_addr()
@@ -193,9 +222,6 @@ pub async fn run(
         reason,
     })?;
 
-    let proposer_task = tokio::spawn(proposer_loop);
-    let inbound_task = tokio::spawn(net::serve_inbound(node.clone(), p2p_events, stop_rx.clone()));
-
     tracing::info!(
         node_id,
         public_key = %hex::encode(&public_key),
@@ -210,6 +236,8 @@ pub async fn run(
     let outcome = tokio::select! {
         _ = shutdown => Ok(()),
         _ = rpc_stopped.stopped() => Err(NodeError::TaskFailed("rpc", "server stopped".into())),
+        (name, why) = tasks.first_exit() => Err(NodeError::TaskFailed(name, why)),
+        _ = p2p.stopped() => Err(NodeError::TaskFailed("p2p", "service stopped".into())),
     };
 
     tracing::info!("shutting down");
@@ -217,8 +245,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let deadline = Duration::from_secs(5);
     let _ = tokio::time::timeout(deadline, rpc_handle.stopped()).await;
-    let _ = tokio::time::timeout(deadline, proposer_task).await;
-    let _ = tokio::time::timeout(deadline, inbound_task).await;
+    tasks.join_all(deadline).await;
     if let Err(e) = tokio::time::timeout(deadline, raft.shutdown()).await {
         tracing::warn!(error = %e, "raft did not shut down in time");
     }

@@ -1,22 +1,24 @@
-//! Messages between nodes and their dispatch: Raft RPCs and forwarded
-//! submissions travel as one request/response pair over the p2p service.
+//! Messages between nodes and their dispatch: Raft RPCs travel as one
+//! request/response pair over the p2p service; gossip messages are routed
+//! to their topic's handler.
 //!
 //! The p2p crate moves opaque bytes; this module encodes them with the
-//! workspace codec and routes inbound requests, with a bound on how many are
-//! handled at once so a flood from one peer cannot exhaust the node.
+//! workspace codec and routes inbound traffic, with a bound on how many
+//! messages are handled at once so a flood from one peer cannot exhaust the
+//! node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bizra_consensus::{RaftRpcRequest, RaftRpcResponse, Transport, TransportError};
-use bizra_crypto::{codec, Attestation};
+use bizra_crypto::codec;
 use bizra_p2p::{P2pEvent, P2pHandle};
+
+use crate::p2p_shim::{Topic, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::api::ApiError;
 use crate::node::Node;
-use crate::submit::{SubmitReply, Wait};
 
 /// Most inbound peer requests handled concurrently; more wait in the p2p
 /// event channel (bounded), which then refuses new ones.
@@ -27,12 +29,12 @@ const MAX_INBOUND_IN_FLIGHT: usize = 512;
 pub(crate) enum NetRequest {
     /// A Raft RPC for the consensus core.
     Raft(RaftRpcRequest),
-    /// A client submission forwarded to the leader.
-    Submit {
-        /// The attestation, already parsed by the forwarding node.
-        attestation: Attestation,
-        /// What the client waits for.
-        wait: Wait,
+    /// A gossip message sent directly (see `p2p_shim`).
+    Gossip {
+        /// Its topic.
+        topic: Topic,
+        /// The message.
+        data: Vec<u8>,
     },
 }
 
@@ -41,8 +43,6 @@ pub(crate) enum NetRequest {
 pub(crate) enum NetResponse {
     /// Answer to [`NetRequest::Raft`].
     Raft(RaftRpcResponse),
-    /// Answer to [`NetRequest::Submit`].
-    Submit(Result<SubmitReply, ApiError>),
     /// The request could not be decoded or handled at all.
     Refused(String),
 }
@@ -75,26 +75,8 @@ impl Transport for P2pTransport {
         match codec::decode::<NetResponse>(&answer) {
             Ok(NetResponse::Raft(resp)) => Ok(resp),
             Ok(NetResponse::Refused(why)) => Err(TransportError::new(format!("refused: {why}"))),
-            Ok(_) => Err(TransportError::new("unexpected response kind".to_string())),
             Err(e) => Err(TransportError::new(format!("decode: {e}"))),
         }
-    }
-}
-
-impl Node {
-    /// Sends one request to a validator and decodes its answer.
-    pub(crate) async fn request_peer(
-        &self,
-        key: [u8; 32],
-        req: NetRequest,
-    ) -> Result<NetResponse, String> {
-        let bytes = codec::encode(&req).map_err(|e| format!("encode: {e}"))?;
-        let answer = self
-            .p2p
-            .request(key, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-        codec::decode(&answer).map_err(|e| format!("decode: {e}"))
     }
 }
 
@@ -152,8 +134,15 @@ async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
         NetRequest::Raft(rpc) => {
             NetResponse::Raft(bizra_consensus::serve_rpc(&node.raft, rpc).await)
         }
-        NetRequest::Submit { attestation, wait } => {
-            NetResponse::Submit(node.submit(attestation, wait, true).await)
+        NetRequest::Gossip { topic, data } => {
+            match topic {
+                Topic::Attestations => {
+                    crate::gossip::on_message(node, from, &data, Verdict).await
+                }
+                // Finality votes are handled by the finality service.
+                Topic::Finality => Verdict.ignore(),
+            }
+            NetResponse::Refused("gossip has no answer".into())
         }
     }
 }

@@ -5,14 +5,15 @@
 //! dispatcher. It holds no locks: Raft state is read through openraft's
 //! metrics watch channel.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bizra_consensus::{ChainReader, Raft};
 use bizra_crypto::{Genesis, Hash};
 use bizra_p2p::P2pHandle;
 
-use crate::proposer::Proposer;
+use crate::admission::Admitter;
+use crate::gossip::GossipOut;
+use crate::pool::Pool;
 
 /// Everything a request handler needs.
 pub(crate) struct Node {
@@ -24,8 +25,13 @@ pub(crate) struct Node {
     pub(crate) raft: Raft,
     pub(crate) reader: ChainReader,
     pub(crate) p2p: P2pHandle,
-    pub(crate) proposer: Proposer,
-    /// Raft node id → validator public key, from the genesis file.
-    pub(crate) validator_keys: HashMap<u64, [u8; 32]>,
+    /// Admission checks with batched signature verification.
+    pub(crate) admitter: Admitter,
+    /// Admitted, not yet committed attestations, and the clients waiting.
+    pub(crate) pool: Pool,
+    /// Outbound attestation gossip.
+    pub(crate) gossip: GossipOut,
+    /// Wakes the proposer when the pool gains work.
+    pub(crate) wake_proposer: tokio::sync::Notify,
     pub(crate) commit_timeout: Duration,
 }

@@ -1,39 +1,31 @@
-//! The leader's proposer: turns admitted attestations into blocks (one Raft
-//! entry each) and answers the clients waiting on them.
+//! The leader's proposer and every node's chain follower.
 //!
-//! The queue in front of it is bounded: a full queue is answered with
-//! OVERLOADED at once, so the RPC server never blocks on it. Batching is
-//! natural: the proposer takes everything queued (up to
-//! `block.max_attestations`) as soon as one of `block.max_in_flight`
-//! proposal slots is free, optionally waiting `block.max_delay_ms` to fill
-//! the block. A lone client therefore pays no batching delay, and under load
-//! blocks fill up while earlier proposals are being made durable.
+//! Proposer: while this node leads, it drains the pending pool into blocks
+//! (one Raft entry each, up to `block.max_attestations`) as soon as one of
+//! `block.max_in_flight` proposal slots is free, optionally waiting
+//! `block.max_delay_ms` to fill a block. Batching is therefore natural: a
+//! lone client pays no batching delay, and under load blocks fill up while
+//! earlier ones are being made durable.
+//!
+//! Follower: on every node, reads each newly applied block (in height
+//! order, none skipped) and settles its attestations in the pool: they
+//! leave it and their waiting clients are answered. Apply itself stays in
+//! the state machine, deterministic; this only reacts to its results.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bizra_consensus::{BlockProposal, Outcome, Raft, Request, Response};
-use bizra_crypto::Attestation;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use bizra_consensus::{BlockProposal, Outcome, Request};
+use bizra_crypto::Hash;
+use tokio::sync::{watch, Semaphore};
 
-use crate::api::{ApiError, RETRY_NO_LEADER_MS, RETRY_OVERLOADED_MS};
-use crate::submit::{Placement, SubmitReply};
+use crate::api::ApiError;
+use crate::node::Node;
+use crate::submit::Placement;
 
-/// Answer for one queued attestation.
-pub(crate) type Reply = Result<SubmitReply, ApiError>;
-
-struct Pending {
-    attestation: Attestation,
-    id: bizra_crypto::Hash,
-    reply: Option<oneshot::Sender<Reply>>,
-}
-
-/// Handle to the proposer's bounded queue.
-#[derive(Clone)]
-pub(crate) struct Proposer {
-    tx: mpsc::Sender<Pending>,
-    capacity: usize,
-}
+/// How often the proposer re-checks leadership and the pool when nothing
+/// woke it (a submission wakes it at once).
+const IDLE_TICK: Duration = Duration::from_millis(20);
 
 /// Tuning of block building, from `[block]` in the config.
 #[derive(Clone, Debug)]
@@ -41,193 +33,124 @@ pub(crate) struct ProposerConfig {
     pub(crate) max_attestations: usize,
     pub(crate) max_delay: Duration,
     pub(crate) max_in_flight: usize,
-    pub(crate) queue_capacity: usize,
-    pub(crate) proposer_key: [u8; 32],
 }
 
-impl Proposer {
-    /// Queues an admitted attestation. With `want_reply`, returns a receiver
-    /// that yields the block placement once the entry is committed and
-    /// applied on this (leader) node.
-    pub(crate) fn enqueue(
-        &self,
-        attestation: Attestation,
-        id: bizra_crypto::Hash,
-        want_reply: bool,
-    ) -> Result<Option<oneshot::Receiver<Reply>>, ApiError> {
-        let (reply, rx) = if want_reply {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let pending = Pending {
-            attestation,
-            id,
-            reply,
-        };
-        match self.tx.try_send(pending) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::Overloaded {
-                capacity: self.capacity,
-                retry_after_ms: RETRY_OVERLOADED_MS,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::Unavailable {
-                message: "node is shutting down".into(),
-                retry_after_ms: RETRY_NO_LEADER_MS,
-            }),
-        }
-    }
-
-    /// Attestations waiting to be proposed.
-    pub(crate) fn queue_depth(&self) -> usize {
-        self.capacity - self.tx.capacity()
-    }
+fn is_leader(node: &Node) -> bool {
+    let m = node.raft.metrics();
+    let m = m.borrow();
+    m.current_leader == Some(node.node_id) && m.state == openraft::ServerState::Leader
 }
 
-/// Creates the queue and the proposer loop; the caller spawns the loop.
-pub(crate) fn proposer(
-    raft: Raft,
-    reader: bizra_consensus::ChainReader,
-    cfg: ProposerConfig,
-    shutdown: watch::Receiver<bool>,
-) -> (Proposer, impl std::future::Future<Output = ()>) {
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let handle = Proposer {
-        tx,
-        capacity: cfg.queue_capacity,
-    };
-    (handle, run(rx, raft, reader, cfg, shutdown))
-}
-
-async fn run(
-    mut rx: mpsc::Receiver<Pending>,
-    raft: Raft,
-    reader: bizra_consensus::ChainReader,
+/// Proposes blocks while this node leads, until shutdown.
+pub(crate) async fn run_proposer(
+    node: Arc<Node>,
     cfg: ProposerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
     loop {
-        // Take a proposal slot first: while all slots are busy, new
-        // attestations accumulate in the queue and form the next block.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // semaphore closed: never happens, we own it
-            },
-            _ = shutdown.changed() => return,
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
         };
-        let first = tokio::select! {
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < cfg.max_attestations {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        if !cfg.max_delay.is_zero() && batch.len() < cfg.max_attestations {
-            let deadline = tokio::time::Instant::now() + cfg.max_delay;
-            while batch.len() < cfg.max_attestations {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(item)) => batch.push(item),
-                    _ => break,
+        let batch = loop {
+            if is_leader(&node) {
+                let batch = node.pool.take_for_block(cfg.max_attestations);
+                if !batch.is_empty() {
+                    break batch;
                 }
             }
+            tokio::select! {
+                _ = node.wake_proposer.notified() => {}
+                _ = tokio::time::sleep(IDLE_TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut batch = batch;
+        if !cfg.max_delay.is_zero() && batch.len() < cfg.max_attestations {
+            tokio::time::sleep(cfg.max_delay).await;
+            batch.extend(node.pool.take_for_block(cfg.max_attestations - batch.len()));
         }
-        let raft = raft.clone();
-        let reader = reader.clone();
-        let proposer_key = cfg.proposer_key;
+        let node = node.clone();
         tokio::spawn(async move {
-            propose(&raft, &reader, proposer_key, batch).await;
+            propose(&node, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn propose(
-    raft: &Raft,
-    reader: &bizra_consensus::ChainReader,
-    proposer_key: [u8; 32],
-    batch: Vec<Pending>,
-) {
+async fn propose(node: &Node, batch: Vec<(Hash, bizra_crypto::Attestation)>) {
+    let ids: Vec<Hash> = batch.iter().map(|(id, _)| *id).collect();
     let proposal = BlockProposal {
-        attestations: batch.iter().map(|p| p.attestation.clone()).collect(),
+        attestations: batch.into_iter().map(|(_, a)| a).collect(),
         // Informational only (PROTOCOL.md): apply never reads the clock; the
         // leader stamps the time it proposed.
         proposed_at_ms: crate::now_ms(),
-        proposer: proposer_key,
+        proposer: node.public_key,
     };
-    let count = batch.len();
-    let result = raft.client_write(Request::Block(proposal)).await;
-    match result {
+    match node.raft.client_write(Request::Block(proposal)).await {
         Ok(resp) => {
-            let raft_index = resp.log_id.index;
-            answer_all(reader, batch, resp.data, raft_index);
-        }
-        Err(e) => {
-            tracing::warn!(attestations = count, error = %e, "block proposal failed");
-            let err = ApiError::Unavailable {
-                message: format!("leadership changed before the block committed ({e}); retry"),
-                retry_after_ms: RETRY_NO_LEADER_MS,
-            };
-            for p in batch {
-                if let Some(tx) = p.reply {
-                    let _ = tx.send(Err(err.clone()));
+            for (id, outcome) in ids.iter().zip(resp.data.outcomes) {
+                match outcome {
+                    // The follower task settles it when it reads the block.
+                    Outcome::Committed { .. } => {}
+                    Outcome::Duplicate { height, index } => match node.reader.block(height) {
+                        Ok(Some(block)) => node.pool.committed(
+                            id,
+                            Placement {
+                                height,
+                                index,
+                                block_hash: block.hash,
+                            },
+                        ),
+                        _ => node.pool.release(&[*id]),
+                    },
+                    Outcome::Rejected { reason } => node.pool.refused(
+                        id,
+                        ApiError::InvalidRequest(format!(
+                            "refused when the block was applied: {reason}"
+                        )),
+                    ),
                 }
             }
+        }
+        Err(e) => {
+            tracing::warn!(attestations = ids.len(), error = %e, "block proposal failed; attestations stay pending");
+            node.pool.release(&ids);
         }
     }
 }
 
-fn answer_all(
-    reader: &bizra_consensus::ChainReader,
-    batch: Vec<Pending>,
-    resp: Response,
-    raft_index: u64,
-) {
-    let block_hash = resp.block.as_ref().map(|b| b.block_hash);
-    for (p, outcome) in batch.into_iter().zip(resp.outcomes) {
-        let Some(tx) = p.reply else { continue };
-        let reply = match outcome {
-            Outcome::Committed { height, index } => Ok(SubmitReply {
-                id: p.id,
-                placement: block_hash.map(|block_hash| Placement {
-                    height,
-                    index,
-                    block_hash,
-                }),
-                duplicate: false,
-                raft_index: Some(raft_index),
-            }),
-            Outcome::Duplicate { height, index } => {
-                match reader.block(height) {
-                    Ok(Some(block)) => Ok(SubmitReply {
-                        id: p.id,
-                        placement: Some(Placement {
-                            height,
-                            index,
-                            block_hash: block.hash,
-                        }),
-                        duplicate: true,
-                        raft_index: Some(raft_index),
-                    }),
-                    Ok(None) => Err(ApiError::Internal(format!(
-                        "block {height} named by a duplicate outcome is missing"
-                    ))),
-                    Err(e) => Err(ApiError::Internal(e.to_string())),
+/// Settles every newly applied block's attestations in the pool, on every
+/// node, until shutdown.
+pub(crate) async fn run_follower(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut head = node.reader.watch_head();
+    let mut done = *head.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let now = *head.borrow_and_update();
+        for height in done.saturating_add(1)..=now {
+            match node.reader.block(height) {
+                Ok(Some(block)) => {
+                    for (index, id) in block.ids.iter().enumerate() {
+                        node.pool.committed(
+                            id,
+                            Placement {
+                                height,
+                                index: index as u32,
+                                block_hash: block.hash,
+                            },
+                        );
+                    }
                 }
+                // A snapshot install can move the head past blocks this
+                // node never applied one by one; they are in the tables.
+                Ok(None) => {}
+                Err(e) => tracing::error!(height, error = %e, "cannot read an applied block"),
             }
-            Outcome::Rejected { reason } => Err(ApiError::InvalidRequest(format!(
-                "rejected when the block was applied: {reason}"
-            ))),
-        };
-        let _ = tx.send(reply);
+        }
+        done = now;
     }
 }

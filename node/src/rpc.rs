@@ -70,7 +70,7 @@ fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterM
     // poi_submit: admit, order and (by default) wait for commit.
     m.register_async_method("poi_submit", |params, node, _| async move {
         let (att, wait) = submit_params(&params)?;
-        let reply = node.submit(att, wait, false).await?;
+        let reply = node.submit(att, wait).await?;
         Ok::<Value, ErrorObjectOwned>(reply.to_json())
     })?;
     // poi_getAttestation: a committed attestation and where it is.
@@ -270,7 +270,7 @@ fn node_status(node: &Node) -> Value {
         "head_height": head.as_ref().map(|b| b.header.height).unwrap_or(0),
         "head_hash": head.as_ref().map(|b| hex::encode(&b.hash)),
         "finalized_height": 0,
-        "queue_depth": node.proposer.queue_depth(),
+        "pending": node.pool.len(),
         "chain_id": hex::encode(&node.chain_id),
         "chain_name": node.genesis.chain_name,
         "version": env!("CARGO_PKG_VERSION"),

@@ -1,30 +1,26 @@
-//! The submission path: admission, dedup against committed state, and
-//! routing to the leader (local proposer, or forwarding over p2p).
+//! The submission path (DESIGN.md "The path of one attestation"):
+//! admission with batched signature checks, dedup against committed state
+//! and the pending pool, gossip to every validator, and waiting for the
+//! block on the node the client asked.
 //!
-//! A client may call any node. A follower runs the same admission checks,
-//! then forwards the attestation to the leader, which checks it again (its
-//! own clock decides freshness) and queues it. Resubmission is always safe:
-//! ids are content-derived and apply skips committed ids.
-
-use std::time::Duration;
+//! A client may call any node: the attestation enters that node's pool and
+//! reaches the leader's by gossip; `wait: committed` answers once this
+//! node has applied the block, so a client reads its write back from the
+//! node it asked. Resubmission is always safe: ids are content-derived and
+//! apply skips committed ids.
 
 use bizra_crypto::{hex, Attestation, Hash};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::ApiError;
-use crate::net::{NetRequest, NetResponse};
+use crate::api::{ApiError, RETRY_NO_LEADER_MS};
 use crate::node::Node;
-
-/// How long a follower waits for its own state machine to apply an entry
-/// the leader reported committed, so a client reading back from the node
-/// it submitted to sees its attestation.
-const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(3);
+use crate::pool::Inserted;
 
 /// What the client asked to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Wait {
-    /// Answer once admitted and queued on the leader.
+    /// Answer once admitted into the pending pool.
     None,
     /// Answer once the block is committed by a majority and applied.
     Committed,
@@ -41,7 +37,7 @@ pub struct Placement {
     pub block_hash: Hash,
 }
 
-/// The answer to a submission; also carried between nodes when forwarded.
+/// The answer to a submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitReply {
     /// The attestation id.
@@ -50,8 +46,6 @@ pub struct SubmitReply {
     pub placement: Option<Placement>,
     /// True when the id was already committed before this submission.
     pub duplicate: bool,
-    /// Raft index of the entry that committed it, when known.
-    pub raft_index: Option<u64>,
 }
 
 impl SubmitReply {
@@ -76,58 +70,68 @@ impl SubmitReply {
 }
 
 impl Node {
-    /// Admits and routes one attestation. `forwarded` is true when another
-    /// node sent it here because it believed this node leads; such a
-    /// submission is never forwarded again (no loops).
+    /// Admits one attestation into this node's pending pool (and, through
+    /// gossip, every validator's) and waits as asked. Any node accepts
+    /// submissions; the leader proposes from its pool.
     pub(crate) async fn submit(
         &self,
         attestation: Attestation,
         wait: Wait,
-        forwarded: bool,
     ) -> Result<SubmitReply, ApiError> {
-        let id = crate::admission::check(
-            &attestation,
-            &self.chain_id,
-            &self.genesis.policy,
-            crate::now_ms(),
-        )?;
+        let id = self
+            .admitter
+            .check(attestation.clone(), crate::admission::Checks::Client)
+            .await?;
         if let Some(reply) = self.committed_reply(&id)? {
             return Ok(reply);
         }
-        let leader = self.raft.metrics().borrow().current_leader;
-        match leader {
-            Some(leader) if leader == self.node_id => {
-                let rx = self.proposer.enqueue(attestation, id, wait == Wait::Committed)?;
-                let Some(rx) = rx else {
-                    return Ok(SubmitReply {
-                        id,
-                        placement: None,
-                        duplicate: false,
-                        raft_index: None,
-                    });
-                };
-                match tokio::time::timeout(self.commit_timeout, rx).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(_)) => Err(ApiError::Unavailable {
-                        message: "the proposer stopped before the block committed; retry".into(),
-                        retry_after_ms: crate::api::RETRY_NO_LEADER_MS,
-                    }),
-                    Err(_) => Err(ApiError::Unavailable {
-                        message: format!(
-                            "not committed within {} ms; it may still commit, resubmitting is safe",
-                            self.commit_timeout.as_millis()
-                        ),
-                        retry_after_ms: crate::api::RETRY_NO_LEADER_MS,
-                    }),
+        let waiter = match wait {
+            Wait::None => None,
+            _ => {
+                if self.raft.metrics().borrow().current_leader.is_none() {
+                    return Err(ApiError::no_leader());
                 }
+                Some(self.pool.wait_for(id)?)
             }
-            Some(_) if forwarded => Err(ApiError::Unavailable {
-                message: "this node is no longer the leader; retry".into(),
-                retry_after_ms: crate::api::RETRY_NO_LEADER_MS,
-            }),
-            Some(leader) => self.forward(leader, attestation, wait).await,
-            None => Err(ApiError::no_leader()),
+        };
+        // It may have been applied between the first look and registering.
+        if let Some(reply) = self.committed_reply(&id)? {
+            return Ok(reply);
         }
+        if self.pool.insert(id, attestation.clone())? == Inserted::New {
+            self.gossip.send(attestation);
+            self.wake_proposer.notify_one();
+        }
+        let Some(waiter) = waiter else {
+            return Ok(SubmitReply {
+                id,
+                placement: None,
+                duplicate: false,
+            });
+        };
+        let placement = match tokio::time::timeout(self.commit_timeout, waiter).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {
+                return Err(ApiError::Unavailable {
+                    message: "the node stopped waiting for the block; retry".into(),
+                    retry_after_ms: RETRY_NO_LEADER_MS,
+                })
+            }
+            Err(_) => {
+                return Err(ApiError::Unavailable {
+                    message: format!(
+                        "not committed within {} ms; it stays pending and resubmitting is safe",
+                        self.commit_timeout.as_millis()
+                    ),
+                    retry_after_ms: RETRY_NO_LEADER_MS,
+                })
+            }
+        };
+        Ok(SubmitReply {
+            id,
+            placement: Some(placement),
+            duplicate: false,
+        })
     }
 
     /// The duplicate answer for an id that is already committed here.
@@ -144,43 +148,6 @@ impl Node {
                 block_hash: s.block_hash,
             }),
             duplicate: true,
-            raft_index: None,
         }))
-    }
-
-    async fn forward(
-        &self,
-        leader: u64,
-        attestation: Attestation,
-        wait: Wait,
-    ) -> Result<SubmitReply, ApiError> {
-        let Some(leader_key) = self.validator_keys.get(&leader).copied() else {
-            return Err(ApiError::no_leader());
-        };
-        let response = self
-            .request_peer(leader_key, NetRequest::Submit { attestation, wait })
-            .await
-            .map_err(|e| ApiError::Unavailable {
-                message: format!("could not reach the leader: {e}; retry"),
-                retry_after_ms: crate::api::RETRY_NO_LEADER_MS,
-            })?;
-        let reply = match response {
-            NetResponse::Submit(reply) => reply?,
-            _ => {
-                return Err(ApiError::Internal(
-                    "leader answered a submission with another message kind".into(),
-                ))
-            }
-        };
-        if let Some(index) = reply.raft_index {
-            // Read-your-write on the node the client asked; a timeout only
-            // means this follower lags, the entry is committed regardless.
-            let _ = self
-                .raft
-                .wait(Some(READ_YOUR_WRITE_WAIT))
-                .applied_index_at_least(Some(index), "forwarded submission applied locally")
-                .await;
-        }
-        Ok(reply)
     }
 }

@@ -1,0 +1,334 @@
+//! The pending pool: attestations admitted (here or by another validator,
+//! via gossip) that are not committed yet, and the clients waiting for them.
+//!
+//! Every node keeps one, so a leader change loses nothing that was
+//! admitted: whoever leads next proposes from its own pool. It is bounded
+//! (`admission.queue_capacity`); a full pool answers OVERLOADED at once.
+//! Entries leave when a block holding them is applied on this node, when
+//! the leader's apply refuses them, or when they grow older than the
+//! freshness window allows any admission to be (a follower never learns of
+//! a refusal). Uses a std mutex held only for map operations, never across
+//! an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bizra_crypto::{Attestation, Hash};
+use tokio::sync::oneshot;
+
+use crate::api::ApiError;
+use crate::submit::Placement;
+
+/// What a waiting client is told.
+pub(crate) type WaitResult = Result<Placement, ApiError>;
+
+struct Entry {
+    attestation: Attestation,
+    seq: u64,
+    admitted: Instant,
+    /// When this node (as leader) last put it into a proposal that has not
+    /// finished yet.
+    in_flight: bool,
+    last_gossiped: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Hash, Entry>,
+    /// Admission order, so blocks follow it (oldest first).
+    order: BTreeMap<u64, Hash>,
+    next_seq: u64,
+    waiters: HashMap<Hash, Vec<oneshot::Sender<WaitResult>>>,
+}
+
+/// Outcome of [`Pool::insert`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// New in the pool: gossip it.
+    New,
+    /// Already pending.
+    Present,
+}
+
+/// The pending pool of one node.
+pub(crate) struct Pool {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    max_waiters: usize,
+}
+
+impl Pool {
+    /// A pool holding at most `capacity` attestations and as many waiting
+    /// clients.
+    pub(crate) fn new(capacity: usize) -> Pool {
+        Pool {
+            inner: Mutex::new(Inner::default()),
+            capacity,
+            max_waiters: capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in the short map
+        // operations below; keep serving with the data as it is.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an admitted attestation; OVERLOADED when the pool is full.
+    pub(crate) fn insert(&self, id: Hash, attestation: Attestation) -> Result<Inserted, ApiError> {
+        let mut inner = self.lock();
+        if inner.entries.contains_key(&id) {
+            return Ok(Inserted::Present);
+        }
+        if inner.entries.len() >= self.capacity {
+            return Err(self.overloaded());
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let now = Instant::now();
+        inner.entries.insert(
+            id,
+            Entry {
+                attestation,
+                seq,
+                admitted: now,
+                in_flight: false,
+                last_gossiped: now,
+            },
+        );
+        inner.order.insert(seq, id);
+        Ok(Inserted::New)
+    }
+
+    fn overloaded(&self) -> ApiError {
+        ApiError::Overloaded {
+            capacity: self.capacity,
+            retry_after_ms: crate::api::RETRY_OVERLOADED_MS,
+        }
+    }
+
+    /// True when the id is pending here.
+    pub(crate) fn contains(&self, id: &Hash) -> bool {
+        self.lock().entries.contains_key(id)
+    }
+
+    /// Registers a client waiting for `id` to be applied on this node.
+    pub(crate) fn wait_for(&self, id: Hash) -> Result<oneshot::Receiver<WaitResult>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        let total: usize = inner.waiters.values().map(Vec::len).sum();
+        if total >= self.max_waiters {
+            // Drop waiters whose clients gave up before refusing a new one.
+            inner.waiters.retain(|_, v| {
+                v.retain(|tx| !tx.is_closed());
+                !v.is_empty()
+            });
+            let total: usize = inner.waiters.values().map(Vec::len).sum();
+            if total >= self.max_waiters {
+                return Err(self.overloaded());
+            }
+        }
+        inner.waiters.entry(id).or_default().push(tx);
+        Ok(rx)
+    }
+
+    /// Attestations pending.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Takes up to `max` attestations that are not in a proposal yet, oldest
+    /// first, and marks them in flight.
+    pub(crate) fn take_for_block(&self, max: usize) -> Vec<(Hash, Attestation)> {
+        let mut inner = self.lock();
+        let Inner { entries, order, .. } = &mut *inner;
+        let mut out = Vec::new();
+        for id in order.values() {
+            if out.len() >= max {
+                break;
+            }
+            if let Some(e) = entries.get_mut(id) {
+                if !e.in_flight {
+                    e.in_flight = true;
+                    out.push((*id, e.attestation.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// A proposal failed (e.g. leadership moved): its attestations may be
+    /// proposed again.
+    pub(crate) fn release(&self, ids: &[Hash]) {
+        let mut inner = self.lock();
+        for id in ids {
+            if let Some(e) = inner.entries.get_mut(id) {
+                e.in_flight = false;
+            }
+        }
+    }
+
+    /// An id is committed at `placement` (applied on this node): it leaves
+    /// the pool and its waiters are answered.
+    pub(crate) fn committed(&self, id: &Hash, placement: Placement) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.entries.remove(id) {
+            inner.order.remove(&e.seq);
+        }
+        if let Some(waiters) = inner.waiters.remove(id) {
+            for tx in waiters {
+                let _ = tx.send(Ok(placement.clone()));
+            }
+        }
+    }
+
+    /// The leader's apply refused an id: it leaves the pool and its waiters
+    /// get the reason.
+    pub(crate) fn refused(&self, id: &Hash, error: ApiError) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.entries.remove(id) {
+            inner.order.remove(&e.seq);
+        }
+        if let Some(waiters) = inner.waiters.remove(id) {
+            for tx in waiters {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Entries not gossiped for `every`, at most `max`, marked as gossiped
+    /// now: re-publishing them covers gossip lost before the mesh formed
+    /// and validators that restarted.
+    pub(crate) fn due_for_regossip(&self, every: Duration, max: usize) -> Vec<Attestation> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Inner { entries, order, .. } = &mut *inner;
+        let mut out = Vec::new();
+        for id in order.values() {
+            if out.len() >= max {
+                break;
+            }
+            if let Some(e) = entries.get_mut(id) {
+                if now.duration_since(e.last_gossiped) >= every {
+                    e.last_gossiped = now;
+                    out.push(e.attestation.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops entries admitted longer than `max_age` ago (no admission
+    /// would accept them any more) and waiters whose clients left.
+    pub(crate) fn expire(&self, max_age: Duration) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let old: Vec<(u64, Hash)> = inner
+            .order
+            .iter()
+            .map(|(s, id)| (*s, *id))
+            .take_while(|(_, id)| {
+                inner
+                    .entries
+                    .get(id)
+                    .is_some_and(|e| now.duration_since(e.admitted) >= max_age && !e.in_flight)
+            })
+            .collect();
+        for (seq, id) in &old {
+            inner.order.remove(seq);
+            inner.entries.remove(id);
+        }
+        inner.waiters.retain(|_, v| {
+            v.retain(|tx| !tx.is_closed());
+            !v.is_empty()
+        });
+        old.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att(n: u8) -> (Hash, Attestation) {
+        let a = Attestation {
+            attester: [n; 32],
+            poi_hash: [n; 32],
+            timestamp_ms: 1,
+            ahsan_score: 9_900,
+            context: String::new(),
+            signature: [0; 64],
+        };
+        ([n; 32], a)
+    }
+
+    fn placement(h: u64) -> Placement {
+        Placement {
+            height: h,
+            index: 0,
+            block_hash: [h as u8; 32],
+        }
+    }
+
+    #[test]
+    fn bounded_and_idempotent() {
+        let pool = Pool::new(2);
+        let (a, aa) = att(1);
+        let (b, bb) = att(2);
+        let (c, cc) = att(3);
+        assert_eq!(pool.insert(a, aa.clone()).unwrap(), Inserted::New);
+        assert_eq!(pool.insert(a, aa).unwrap(), Inserted::Present);
+        assert_eq!(pool.insert(b, bb).unwrap(), Inserted::New);
+        assert_eq!(pool.insert(c, cc).unwrap_err().name(), "OVERLOADED");
+        assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn blocks_take_oldest_first_and_release_on_failure() {
+        let pool = Pool::new(10);
+        for n in 1..=5 {
+            let (id, a) = att(n);
+            pool.insert(id, a).unwrap();
+        }
+        let first: Vec<Hash> = pool.take_for_block(3).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(first, vec![[1; 32], [2; 32], [3; 32]]);
+        let second: Vec<Hash> = pool.take_for_block(3).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(second, vec![[4; 32], [5; 32]], "in-flight entries are not proposed twice");
+        pool.release(&first);
+        assert_eq!(pool.take_for_block(10).len(), 3);
+    }
+
+    #[test]
+    fn commit_answers_waiters_and_removes() {
+        let pool = Pool::new(10);
+        let (id, a) = att(7);
+        pool.insert(id, a).unwrap();
+        let mut rx = pool.wait_for(id).unwrap();
+        pool.committed(&id, placement(4));
+        assert_eq!(rx.try_recv().unwrap().unwrap().height, 4);
+        assert!(!pool.contains(&id));
+        assert!(pool.take_for_block(10).is_empty());
+    }
+
+    #[test]
+    fn refusal_reaches_waiters() {
+        let pool = Pool::new(10);
+        let (id, a) = att(8);
+        pool.insert(id, a).unwrap();
+        let mut rx = pool.wait_for(id).unwrap();
+        pool.refused(&id, ApiError::InvalidSignature);
+        assert_eq!(rx.try_recv().unwrap().unwrap_err(), ApiError::InvalidSignature);
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn expiry_drops_old_entries_only() {
+        let pool = Pool::new(10);
+        let (id, a) = att(9);
+        pool.insert(id, a).unwrap();
+        assert_eq!(pool.expire(Duration::from_secs(3600)), 0);
+        assert_eq!(pool.expire(Duration::ZERO), 1);
+        assert_eq!(pool.len(), 0);
+    }
+}
