@@ -37,7 +37,11 @@ pub fn check(
 }
 
 /// Step 3: `now - max_age <= timestamp <= now + max_future_skew`.
-pub(crate) fn check_freshness(timestamp_ms: u64, policy: &Policy, now_ms: u64) -> Result<(), ApiError> {
+pub(crate) fn check_freshness(
+    timestamp_ms: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Result<(), ApiError> {
     let oldest = now_ms.saturating_sub(policy.max_age_s.saturating_mul(1000));
     let newest = now_ms.saturating_add(policy.max_future_skew_s.saturating_mul(1000));
     if timestamp_ms < oldest {
@@ -114,7 +118,11 @@ impl Admitter {
 
     /// Runs the admission checks (shape → signature → freshness → score)
     /// and returns the attestation id.
-    pub(crate) async fn check(&self, attestation: Attestation, checks: Checks) -> Result<Hash, ApiError> {
+    pub(crate) async fn check(
+        &self,
+        attestation: Attestation,
+        checks: Checks,
+    ) -> Result<Hash, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             attestation,

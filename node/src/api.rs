@@ -133,10 +133,22 @@ mod tests {
     #[test]
     fn codes_match_protocol_table() {
         let cases = [
-            (ApiError::InvalidRequest(String::new()), -32602, "INVALID_REQUEST"),
+            (
+                ApiError::InvalidRequest(String::new()),
+                -32602,
+                "INVALID_REQUEST",
+            ),
             (ApiError::InvalidSignature, -32001, "INVALID_SIGNATURE"),
-            (ApiError::ExpiredTimestamp(String::new()), -32002, "EXPIRED_TIMESTAMP"),
-            (ApiError::AhsanScoreTooLow(String::new()), -32003, "AHSAN_SCORE_TOO_LOW"),
+            (
+                ApiError::ExpiredTimestamp(String::new()),
+                -32002,
+                "EXPIRED_TIMESTAMP",
+            ),
+            (
+                ApiError::AhsanScoreTooLow(String::new()),
+                -32003,
+                "AHSAN_SCORE_TOO_LOW",
+            ),
             (ApiError::NotFound(String::new()), -32004, "NOT_FOUND"),
             (ApiError::no_leader(), -32005, "UNAVAILABLE"),
             (

@@ -313,16 +313,13 @@ impl Config {
 
     /// The RPC listen address as a socket address.
     pub fn rpc_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.rpc
-            .listen
-            .parse()
-            .map_err(|_| ConfigError::Invalid {
-                key: "rpc.listen",
-                reason: format!(
-                    "`{}` is not an IP:port socket address such as 127.0.0.1:7710",
-                    self.rpc.listen
-                ),
-            })
+        self.rpc.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "rpc.listen",
+            reason: format!(
+                "`{}` is not an IP:port socket address such as 127.0.0.1:7710",
+                self.rpc.listen
+            ),
+        })
     }
 }
 

@@ -25,7 +25,9 @@ pub fn read(path: &Path) -> Result<SigningKey, NodeError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         err(format!(
             "{e}; create one with `bizra-node init --data-dir {}`",
-            path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            path.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ))
     })?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -36,7 +38,8 @@ pub fn read(path: &Path) -> Result<SigningKey, NodeError> {
         )));
     }
     let text = crate::config::read_limited(path, 256).map_err(|e| err(e.to_string()))?;
-    keys::signing_key_from_hex(text.trim()).map_err(|e| err(format!("not a 0x-hex Ed25519 seed: {e}")))
+    keys::signing_key_from_hex(text.trim())
+        .map_err(|e| err(format!("not a 0x-hex Ed25519 seed: {e}")))
 }
 
 /// Writes a new key file with mode 0600; refuses to overwrite one.
@@ -72,7 +75,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(read(&path).unwrap().to_bytes(), key.to_bytes());
-        assert!(write_new(&path, &keys::generate()).is_err(), "never overwrites");
+        assert!(
+            write_new(&path, &keys::generate()).is_err(),
+            "never overwrites"
+        );
     }
 
     #[test]

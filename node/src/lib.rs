@@ -10,8 +10,8 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
-pub mod keyfile;
 mod gossip;
+pub mod keyfile;
 mod net;
 mod node;
 mod p2p_shim;
@@ -77,7 +77,11 @@ pub async fn run(
     let chain_id = genesis.chain_id();
     let key = keyfile::read(&config.data_dir.join(keyfile::NODE_KEY_FILE))?;
     let public_key = key.verifying_key().to_bytes();
-    if !genesis.validators.iter().any(|v| v.public_key == public_key) {
+    if !genesis
+        .validators
+        .iter()
+        .any(|v| v.public_key == public_key)
+    {
         return Err(NodeError::NotAValidator(hex::encode(&public_key)));
     }
     let node_id = bizra_crypto::node_id(&public_key);
@@ -110,7 +114,9 @@ pub async fn run(
         election_timeout_min: config.raft.election_timeout_min_ms,
         election_timeout_max: config.raft.election_timeout_max_ms,
         max_payload_entries: config.raft.max_payload_entries,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            config.raft.snapshot_every_entries,
+        ),
         install_snapshot_timeout: config.p2p.request_timeout_ms,
         ..Default::default()
     }
@@ -194,7 +200,10 @@ pub async fn run(
             stop_rx.clone(),
         ),
     );
-    tasks.spawn("chain-follower", proposer::run_follower(node.clone(), stop_rx.clone()));
+    tasks.spawn(
+        "chain-follower",
+        proposer::run_follower(node.clone(), stop_rx.clone()),
+    );
     tasks.spawn(
         "gossip-out",
         gossip::run_outbound(node.clone(), gossip_rx, stop_rx.clone()),

@@ -136,9 +136,7 @@ async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
         }
         NetRequest::Gossip { topic, data } => {
             match topic {
-                Topic::Attestations => {
-                    crate::gossip::on_message(node, from, &data, Verdict).await
-                }
+                Topic::Attestations => crate::gossip::on_message(node, from, &data, Verdict).await,
                 // Finality votes are handled by the finality service.
                 Topic::Finality => Verdict.ignore(),
             }

@@ -291,10 +291,22 @@ mod tests {
             let (id, a) = att(n);
             pool.insert(id, a).unwrap();
         }
-        let first: Vec<Hash> = pool.take_for_block(3).into_iter().map(|(id, _)| id).collect();
+        let first: Vec<Hash> = pool
+            .take_for_block(3)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(first, vec![[1; 32], [2; 32], [3; 32]]);
-        let second: Vec<Hash> = pool.take_for_block(3).into_iter().map(|(id, _)| id).collect();
-        assert_eq!(second, vec![[4; 32], [5; 32]], "in-flight entries are not proposed twice");
+        let second: Vec<Hash> = pool
+            .take_for_block(3)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            second,
+            vec![[4; 32], [5; 32]],
+            "in-flight entries are not proposed twice"
+        );
         pool.release(&first);
         assert_eq!(pool.take_for_block(10).len(), 3);
     }
@@ -318,7 +330,10 @@ mod tests {
         pool.insert(id, a).unwrap();
         let mut rx = pool.wait_for(id).unwrap();
         pool.refused(&id, ApiError::InvalidSignature);
-        assert_eq!(rx.try_recv().unwrap().unwrap_err(), ApiError::InvalidSignature);
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap_err(),
+            ApiError::InvalidSignature
+        );
         assert_eq!(pool.len(), 0);
     }
 

@@ -80,11 +80,11 @@ fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterM
     // chain_head: the latest committed block (finality comes later).
     m.register_method("chain_head", |_, node, _| chain_head(node))?;
     // chain_getBlock: a block by height or by hash.
-    m.register_method("chain_getBlock", |params, node, _| {
-        get_block(&params, node)
-    })?;
+    m.register_method("chain_getBlock", |params, node, _| get_block(&params, node))?;
     // node_status: identity and Raft state of the node asked.
-    m.register_method("node_status", |_, node, _| Ok::<Value, ErrorObjectOwned>(node_status(node)))?;
+    m.register_method("node_status", |_, node, _| {
+        Ok::<Value, ErrorObjectOwned>(node_status(node))
+    })?;
     Ok(m)
 }
 
@@ -99,7 +99,11 @@ fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
 
 /// Splits positional params `[a, b, …]` into raw JSON texts, refusing
 /// anything but an array of at most `max` items.
-fn positional<'a>(params: &'a Params<'_>, max: usize, usage: &str) -> Result<Vec<&'a RawValue>, ErrorObjectOwned> {
+fn positional<'a>(
+    params: &'a Params<'_>,
+    max: usize,
+    usage: &str,
+) -> Result<Vec<&'a RawValue>, ErrorObjectOwned> {
     let Some(raw) = params.as_str() else {
         return Ok(Vec::new());
     };
@@ -123,8 +127,11 @@ struct SubmitOptions {
 }
 
 fn parse_wait(raw: &RawValue) -> Result<Wait, ErrorObjectOwned> {
-    let opts: SubmitOptions = serde_json::from_str(raw.get())
-        .map_err(|e| invalid(format!("options: {e}; expected {{\"wait\": \"none\"|\"committed\"}}")))?;
+    let opts: SubmitOptions = serde_json::from_str(raw.get()).map_err(|e| {
+        invalid(format!(
+            "options: {e}; expected {{\"wait\": \"none\"|\"committed\"}}"
+        ))
+    })?;
     match opts.wait.as_deref() {
         None | Some("committed") => Ok(Wait::Committed),
         Some("none") => Ok(Wait::None),
@@ -140,7 +147,9 @@ fn parse_wait(raw: &RawValue) -> Result<Wait, ErrorObjectOwned> {
 fn submit_params(params: &Params<'_>) -> Result<(Attestation, Wait), ErrorObjectOwned> {
     let items = positional(params, 2, SUBMIT_USAGE)?;
     let Some(first) = items.first() else {
-        return Err(invalid(format!("missing attestation: params are {SUBMIT_USAGE}")));
+        return Err(invalid(format!(
+            "missing attestation: params are {SUBMIT_USAGE}"
+        )));
     };
     let att = crate::admission::parse(first.get())?;
     let wait = match items.get(1) {
@@ -158,12 +167,8 @@ fn validate(params: &Params<'_>, node: &Node) -> RpcResult {
     };
     let att = crate::admission::parse(first.get())?;
     let id = att.id(&node.chain_id);
-    let checked = crate::admission::check(
-        &att,
-        &node.chain_id,
-        &node.genesis.policy,
-        crate::now_ms(),
-    );
+    let checked =
+        crate::admission::check(&att, &node.chain_id, &node.genesis.policy, crate::now_ms());
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut out = json!({
         "valid": checked.is_ok(),
@@ -178,8 +183,11 @@ fn validate(params: &Params<'_>, node: &Node) -> RpcResult {
 }
 
 fn parse_hash_param(raw: &RawValue, field: &str) -> Result<[u8; 32], ErrorObjectOwned> {
-    let s: String = serde_json::from_str(raw.get())
-        .map_err(|_| invalid(format!("{field}: expected a \"0x\"-prefixed 32-byte hex string")))?;
+    let s: String = serde_json::from_str(raw.get()).map_err(|_| {
+        invalid(format!(
+            "{field}: expected a \"0x\"-prefixed 32-byte hex string"
+        ))
+    })?;
     hex::decode_fixed::<32>(&s).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
@@ -191,7 +199,11 @@ fn get_attestation(params: &Params<'_>, node: &Node) -> RpcResult {
     let id = parse_hash_param(first, "id")?;
     let stored = node.reader.attestation(&id).map_err(internal)?;
     let Some(s) = stored else {
-        return Err(ApiError::NotFound(format!("no committed attestation with id {}", hex::encode(&id))).into());
+        return Err(ApiError::NotFound(format!(
+            "no committed attestation with id {}",
+            hex::encode(&id)
+        ))
+        .into());
     };
     Ok(json!({
         "attestation": s.attestation.to_json(),
@@ -224,15 +236,18 @@ fn chain_head(node: &Node) -> RpcResult {
 fn get_block(params: &Params<'_>, node: &Node) -> RpcResult {
     let items = positional(params, 1, "[height] or [block_hash]")?;
     let Some(first) = items.first() else {
-        return Err(invalid("missing block: params are [height] or [block_hash]"));
+        return Err(invalid(
+            "missing block: params are [height] or [block_hash]",
+        ));
     };
     let text = first.get().trim();
     let block = if text.starts_with('"') {
         let hash = parse_hash_param(first, "block_hash")?;
         node.reader.block_by_hash(&hash).map_err(internal)?
     } else {
-        let height: u64 = serde_json::from_str(text)
-            .map_err(|_| invalid("height: expected a non-negative integer or a block hash string"))?;
+        let height: u64 = serde_json::from_str(text).map_err(|_| {
+            invalid("height: expected a non-negative integer or a block hash string")
+        })?;
         node.reader.block(height).map_err(internal)?
     };
     let Some(b) = block else {
@@ -303,7 +318,8 @@ where
 {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)

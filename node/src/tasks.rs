@@ -16,7 +16,11 @@ pub(crate) struct Tasks {
 
 impl Tasks {
     /// Spawns `future` as the task `name`.
-    pub(crate) fn spawn(&mut self, name: &'static str, future: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) {
         self.set.spawn(async move {
             future.await;
             name

@@ -12,5 +12,6 @@
 
 mod admission;
 mod cluster;
+mod pipeline;
 mod restart;
 mod support;
