@@ -75,7 +75,7 @@ pub(crate) fn check_score(score_centi: u16, policy: &Policy) -> Result<(), ApiEr
 
 /// Which checks a queued attestation gets besides shape and signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Checks {
+pub enum Checks {
     /// A client's submission: all of PROTOCOL.md's admission policy.
     Client,
     /// Received by gossip from a validator that already admitted it:
@@ -96,7 +96,7 @@ struct Job {
 /// apply re-verifies every signature with `verify_strict`. The queue in
 /// front is bounded; a full queue answers OVERLOADED at once.
 #[derive(Clone)]
-pub(crate) struct Admitter {
+pub struct Admitter {
     tx: mpsc::Sender<Job>,
     capacity: usize,
 }
@@ -104,7 +104,7 @@ pub(crate) struct Admitter {
 impl Admitter {
     /// Starts the verifier: `parallel` batches may be verified at once (one
     /// per core is right; verification is CPU-bound).
-    pub(crate) fn start(
+    pub fn start(
         chain_id: Hash,
         policy: Policy,
         capacity: usize,
@@ -118,7 +118,7 @@ impl Admitter {
 
     /// Runs the admission checks (shape → signature → freshness → score)
     /// and returns the attestation id.
-    pub(crate) async fn check(
+    pub async fn check(
         &self,
         attestation: Attestation,
         checks: Checks,

@@ -330,6 +330,24 @@ impl Cluster {
         }
     }
 
+    /// The OS process id of node `i` while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        let mut slot = self.child(i);
+        let child = slot.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
+    /// Resident memory of node `i` in KiB (`VmRSS` from `/proc`), while it
+    /// runs: for tests that check memory stays bounded under load.
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.pid(i)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Waits until the running nodes agree on one leader and returns its
     /// index. Fails at once if a node that should run has exited.
     pub fn leader(&self, timeout: Duration) -> Result<usize> {

@@ -298,14 +298,29 @@ pub(crate) fn write_configs(spec: &ClusterSpec, nodes: &[NodeLayout]) -> Result<
                 election_timeout_max_ms: spec.raft.election_timeout_max_ms,
             },
         };
-        let text = toml::to_string_pretty(&config).map_err(|e| {
+        let render_err = |e: &dyn std::fmt::Display| {
             TestnetError::InvalidSpec(format!("render config of {}: {e}", node.name()))
-        })?;
+        };
+        let mut table = toml::Table::try_from(&config).map_err(|e| render_err(&e))?;
+        merge(&mut table, &spec.node_config);
+        let text = toml::to_string_pretty(&table).map_err(|e| render_err(&e))?;
         let path = node.config_path();
         std::fs::write(&path, text)
             .map_err(|e| TestnetError::io(format!("write {}", path.display()), e))?;
     }
     Ok(())
+}
+
+/// Deep-merges `extra` into `base` (tables merge, other values replace).
+fn merge(base: &mut toml::Table, extra: &toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

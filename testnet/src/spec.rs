@@ -106,6 +106,10 @@ pub struct ClusterSpec {
     pub rpc_timeout: Duration,
     /// How long `stop` waits after SIGTERM before it sends SIGKILL.
     pub stop_timeout: Duration,
+    /// Extra node config keys, deep-merged into every node's `config.toml`
+    /// (e.g. `admission.queue_capacity`), so a test can run nodes with the
+    /// limits it exercises.
+    pub node_config: toml::Table,
 }
 
 impl ClusterSpec {
@@ -124,7 +128,30 @@ impl ClusterSpec {
             start_timeout: Duration::from_secs(60),
             rpc_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(15),
+            node_config: toml::Table::new(),
         }
+    }
+
+    /// Sets a node config key for every node; `key` is dotted
+    /// (`"admission.queue_capacity"`).
+    pub fn node_config(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        let mut table = &mut self.node_config;
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or(key);
+        for part in parts {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            let toml::Value::Table(next) = entry else {
+                unreachable!("replaced by a table just above")
+            };
+            table = next;
+        }
+        table.insert(last.to_string(), value.into());
+        self
     }
 
     /// Lays the cluster out in `dir` (kept after drop).

@@ -12,6 +12,7 @@
 
 mod admission;
 mod cluster;
+mod overload;
 mod pipeline;
 mod restart;
 mod support;
