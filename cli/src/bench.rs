@@ -81,8 +81,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
-            let (bodies, next, latencies, errors) =
-                (bodies.clone(), next.clone(), latencies.clone(), errors.clone());
+            let (bodies, next, latencies, errors) = (
+                bodies.clone(),
+                next.clone(),
+                latencies.clone(),
+                errors.clone(),
+            );
             let url = args.rpc[(w as usize) % args.rpc.len()].clone();
             std::thread::spawn(move || {
                 let agent = ureq::AgentBuilder::new()
@@ -102,14 +106,25 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
                     let code = match outcome {
                         Ok(resp) => match resp.into_json::<Value>() {
                             Ok(v) if v.get("error").is_none() => None,
-                            Ok(v) => Some(v["error"]["data"]["code"].as_str().unwrap_or("RPC_ERROR").to_string()),
+                            Ok(v) => Some(
+                                v["error"]["data"]["code"]
+                                    .as_str()
+                                    .unwrap_or("RPC_ERROR")
+                                    .to_string(),
+                            ),
                             Err(_) => Some("BAD_RESPONSE".to_string()),
                         },
                         Err(_) => Some("CONNECTION".to_string()),
                     };
                     match code {
                         None => mine.push(t.elapsed().as_secs_f64() * 1000.0),
-                        Some(c) => *errors.lock().expect("no panics while held").entry(c).or_default() += 1,
+                        Some(c) => {
+                            *errors
+                                .lock()
+                                .expect("no panics while held")
+                                .entry(c)
+                                .or_default() += 1
+                        }
                     }
                 }
                 latencies.lock().expect("no panics while held").extend(mine);
@@ -150,7 +165,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             lat.last().copied().unwrap_or(0.0)
         );
         if !errors.is_empty() {
-            println!("errors by code: {}", serde_json::to_string(&errors).context("errors")?);
+            println!(
+                "errors by code: {}",
+                serde_json::to_string(&errors).context("errors")?
+            );
         }
     }
     if ok == 0 {

@@ -31,8 +31,13 @@ pub(crate) struct AttestArgs {
     #[arg(long, default_value = "")]
     context: String,
     /// What to wait for before answering.
-    #[arg(long, default_value = "committed", value_parser = ["none", "committed"])]
+    #[arg(long, default_value = "committed", value_parser = ["none", "committed", "finalized"])]
     wait: String,
+    /// Write the attestation's receipt (`poi_getReceipt`) to this file once
+    /// answered, for `bizra-node verify`; with `--wait finalized` it
+    /// carries the finality certificate.
+    #[arg(long)]
+    receipt_out: Option<PathBuf>,
     /// Print the JSON answer only.
     #[arg(long)]
     json: bool,
@@ -41,10 +46,16 @@ pub(crate) struct AttestArgs {
 /// Parses "97.5" into hundredths without going through a float.
 fn parse_score(text: &str) -> Result<u16> {
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         bail!("--score `{text}`: expected a number 0..=100 with at most two decimals");
     }
-    let whole: u32 = whole.parse().map_err(|_| anyhow!("--score `{text}` is out of range 0..=100"))?;
+    let whole: u32 = whole
+        .parse()
+        .map_err(|_| anyhow!("--score `{text}` is out of range 0..=100"))?;
     let frac: u32 = format!("{frac:0<2}").parse().unwrap_or(0);
     let centi = whole.saturating_mul(100).saturating_add(frac);
     if centi > 10_000 {
@@ -53,7 +64,7 @@ fn parse_score(text: &str) -> Result<u16> {
     Ok(centi as u16)
 }
 
-fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
+pub(crate) fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
@@ -79,6 +90,9 @@ fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
 
 pub(crate) fn attest(args: AttestArgs) -> Result<()> {
     let score = parse_score(&args.score)?;
+    if args.receipt_out.is_some() && args.wait == "none" {
+        bail!("--receipt-out needs --wait committed or finalized: there is no receipt before the block");
+    }
     let key = match &args.key {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -124,12 +138,230 @@ pub(crate) fn attest(args: AttestArgs) -> Result<()> {
         }
         println!("duplicate: {}", result["duplicate"]);
     }
+    if let Some(path) = &args.receipt_out {
+        let receipt = rpc_call(&args.rpc, "poi_getReceipt", json!([result["id"]]))?;
+        crate::verify::write_receipt(path, &receipt)?;
+        if !args.json {
+            println!("receipt:  {}", path.display());
+        }
+    }
     Ok(())
 }
 
 pub(crate) fn status(rpc: &str) -> Result<()> {
     let status = rpc_call(rpc, "node_status", json!([]))?;
     println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
+
+/// Flags shared by the read-only client commands.
+#[derive(clap::Args)]
+pub(crate) struct QueryFlags {
+    /// The node's JSON-RPC URL (any node).
+    #[arg(long, default_value = "http://127.0.0.1:7710")]
+    rpc: String,
+    /// Print the node's JSON answer instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `bizra-node get`.
+#[derive(clap::Args)]
+pub(crate) struct GetArgs {
+    /// The attestation id, `0x` + 64 hex digits.
+    id: String,
+    #[command(flatten)]
+    flags: QueryFlags,
+}
+
+/// Flags of `bizra-node blocks`.
+#[derive(clap::Args)]
+pub(crate) struct BlocksArgs {
+    /// First height to show (default: the latest `--limit` blocks).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    from: Option<u64>,
+    /// Most blocks to show.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    limit: u64,
+    #[command(flatten)]
+    flags: QueryFlags,
+}
+
+/// Flags of `bizra-node impact`.
+#[derive(clap::Args)]
+pub(crate) struct ImpactArgs {
+    /// The Proof-of-Impact hash, `0x` + 64 hex digits.
+    poi_hash: String,
+    #[command(flatten)]
+    flags: QueryFlags,
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `bizra-node get ID`: `poi_getAttestation`.
+pub(crate) fn get(args: GetArgs) -> Result<()> {
+    hex::decode_fixed::<32>(&args.id).map_err(|e| anyhow!("ID `{}`: {e}", args.id))?;
+    let result = rpc_call(&args.flags.rpc, "poi_getAttestation", json!([args.id]))?;
+    if args.flags.json {
+        return print_json(&result);
+    }
+    let att = &result["attestation"];
+    for (label, value) in [
+        ("id", &result["id"]),
+        ("status", &result["status"]),
+        ("height", &result["height"]),
+        ("index", &result["index"]),
+        ("block", &result["block_hash"]),
+        ("attester", &att["attester"]),
+        ("poi_hash", &att["poi_hash"]),
+        ("timestamp", &att["timestamp"]),
+        ("ahsan_score", &att["ahsan_score"]),
+        ("context", &att["context"]),
+        ("signature", &att["signature"]),
+    ] {
+        println!("{:<12} {}", format!("{label}:"), text(value));
+    }
+    Ok(())
+}
+
+/// One JSON-RPC batch request; answers in the order of `calls`, each the
+/// result or the error object.
+fn rpc_batch(url: &str, calls: &[(&str, Value)]) -> Result<Vec<std::result::Result<Value, Value>>> {
+    let body: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (method, params))| json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}))
+        .collect();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let response = match agent.post(url).send_json(Value::Array(body)) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(anyhow!("cannot reach {url}: {e}")),
+    };
+    let answer: Value = response
+        .into_json()
+        .with_context(|| format!("{url} did not answer with JSON"))?;
+    let Some(answers) = answer.as_array() else {
+        if let Some(err) = answer.get("error") {
+            bail!("{url} refused the batch: {err}");
+        }
+        bail!("{url} answered a batch with something other than an array");
+    };
+    let mut out: Vec<Option<std::result::Result<Value, Value>>> = vec![None; calls.len()];
+    for a in answers {
+        let Some(slot) = a["id"]
+            .as_u64()
+            .and_then(|i| out.get_mut(usize::try_from(i).ok()?))
+        else {
+            continue;
+        };
+        *slot = Some(match a.get("error") {
+            Some(err) => Err(err.clone()),
+            None => Ok(a["result"].clone()),
+        });
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, a)| a.ok_or_else(|| anyhow!("{url} did not answer request {i} of the batch")))
+        .collect()
+}
+
+/// `bizra-node blocks`: `chain_head`, then `chain_getBlock` per height in
+/// one JSON-RPC batch.
+pub(crate) fn blocks(args: BlocksArgs) -> Result<()> {
+    let url = &args.flags.rpc;
+    let head = rpc_call(url, "chain_head", json!([]))?;
+    let head_height = head["committed"]["height"].as_u64().unwrap_or(0);
+    let from = args
+        .from
+        .unwrap_or_else(|| head_height.saturating_sub(args.limit - 1).max(1));
+    let to = head_height.min(from.saturating_add(args.limit - 1));
+    let calls: Vec<(&str, Value)> = (from..=to)
+        .map(|h| ("chain_getBlock", json!([h])))
+        .collect();
+    let answers = if calls.is_empty() {
+        Vec::new()
+    } else {
+        rpc_batch(url, &calls)?
+    };
+    let mut blocks = Vec::with_capacity(answers.len());
+    for (height, answer) in (from..=to).zip(answers) {
+        match answer {
+            Ok(block) => blocks.push(block),
+            Err(err) => bail!(
+                "block {height}: {} ({}): {}",
+                err["data"]["code"].as_str().unwrap_or("ERROR"),
+                err["code"],
+                err["message"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    if args.flags.json {
+        return print_json(&Value::Array(blocks));
+    }
+    if blocks.is_empty() {
+        println!("no blocks from height {from} (the head is at height {head_height})");
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:<66}  {:>12}  {:<24}  finalized",
+        "height", "block_hash", "attestations", "proposed_at"
+    );
+    for b in &blocks {
+        let proposed = b["proposed_at_ms"]
+            .as_u64()
+            .map(bizra_crypto::time::format_rfc3339_ms)
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>8}  {:<66}  {:>12}  {:<24}  {}",
+            text(&b["height"]),
+            text(&b["block_hash"]),
+            text(&b["attestation_count"]),
+            proposed,
+            if b["certificate"].is_null() {
+                "no"
+            } else {
+                "yes"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `bizra-node impact POI_HASH`: `poi_getImpact`.
+pub(crate) fn impact(args: ImpactArgs) -> Result<()> {
+    hex::decode_fixed::<32>(&args.poi_hash)
+        .map_err(|e| anyhow!("POI_HASH `{}`: {e}", args.poi_hash))?;
+    let result = rpc_call(&args.flags.rpc, "poi_getImpact", json!([args.poi_hash]))?;
+    if args.flags.json {
+        return print_json(&result);
+    }
+    println!("poi_hash:           {}", text(&result["poi_hash"]));
+    println!("attestations:       {}", text(&result["attestations"]));
+    println!(
+        "distinct attesters: {}",
+        text(&result["distinct_attesters"])
+    );
+    println!("mean score:         {}", text(&result["mean_score"]));
+    println!("min score:          {}", text(&result["min_score"]));
+    println!(
+        "heights:            {}..={}",
+        text(&result["first_height"]),
+        text(&result["last_height"])
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 mod bench;
 mod client;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,17 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:7710")]
         rpc: String,
     },
+    /// Show a committed attestation and where it is (`poi_getAttestation`).
+    Get(client::GetArgs),
+    /// List blocks: the latest ones, or `--limit` from `--from`.
+    Blocks(client::BlocksArgs),
+    /// Aggregates over every attestation of one Proof-of-Impact hash.
+    Impact(client::ImpactArgs),
+    /// Fetch an attestation's receipt (`poi_getReceipt`), optionally to a file.
+    Receipt(verify::ReceiptArgs),
+    /// Check a receipt offline against the genesis file (no network); prints
+    /// OK or the first failed check, exit status 0 only if valid.
+    Verify(verify::VerifyArgs),
     /// Bounded load against running nodes (signing happens before timing).
     Bench(bench::BenchArgs),
     /// Local clusters for developers.
@@ -78,8 +90,9 @@ enum TestnetCommand {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn,sled=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn,sled=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -103,11 +116,15 @@ fn main() -> Result<()> {
         }
         Command::Attest(args) => client::attest(args),
         Command::Status { rpc } => client::status(&rpc),
+        Command::Get(args) => client::get(args),
+        Command::Blocks(args) => client::blocks(args),
+        Command::Impact(args) => client::impact(args),
+        Command::Receipt(args) => verify::receipt(args),
+        Command::Verify(args) => verify::verify(args),
         Command::Bench(args) => bench::run(args),
         Command::Testnet { command } => match command {
             TestnetCommand::Up { nodes, dir } => {
-                bizra_testnet::run_up(&dir, usize::from(nodes), None)
-                    .context("testnet up failed")
+                bizra_testnet::run_up(&dir, usize::from(nodes), None).context("testnet up failed")
             }
         },
     }

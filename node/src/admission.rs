@@ -118,11 +118,7 @@ impl Admitter {
 
     /// Runs the admission checks (shape → signature → freshness → score)
     /// and returns the attestation id.
-    pub async fn check(
-        &self,
-        attestation: Attestation,
-        checks: Checks,
-    ) -> Result<Hash, ApiError> {
+    pub async fn check(&self, attestation: Attestation, checks: Checks) -> Result<Hash, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             attestation,

@@ -51,6 +51,9 @@ pub struct P2pSection {
     pub request_timeout_ms: u64,
     /// Largest request or response frame accepted from a peer.
     pub max_message_bytes: usize,
+    /// Largest gossip payload published or accepted (attestation batches,
+    /// finality votes); the same on every validator.
+    pub max_gossip_bytes: usize,
 }
 
 /// `[rpc]`: the client-facing JSON-RPC listener.
@@ -129,6 +132,7 @@ impl Default for P2pSection {
             peers: Vec::new(),
             request_timeout_ms: 5_000,
             max_message_bytes: 32 << 20,
+            max_gossip_bytes: 4 << 20,
         }
     }
 }
@@ -255,6 +259,12 @@ impl Config {
             64 << 10,
             256 << 20,
         )?;
+        in_range(
+            "p2p.max_gossip_bytes",
+            self.p2p.max_gossip_bytes,
+            64 << 10,
+            64 << 20,
+        )?;
         self.rpc_listen_addr()?;
         in_range(
             "rpc.max_body_bytes",
@@ -368,6 +378,15 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("block.max_attestations"), "{err}");
         assert!(err.contains("1..=10000"), "{err}");
+    }
+
+    #[test]
+    fn max_gossip_bytes_is_range_checked() {
+        assert_eq!(Config::default().p2p.max_gossip_bytes, 4 << 20);
+        let c = Config::from_toml("[p2p]\nmax_gossip_bytes = 1024\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("p2p.max_gossip_bytes"), "{err}");
+        assert!(err.contains("65536..=67108864"), "{err}");
     }
 
     #[test]

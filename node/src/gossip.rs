@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::p2p_shim::{Topic, Verdict};
 use bizra_crypto::{codec, Attestation};
+use bizra_p2p::{Topic, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -68,9 +68,7 @@ async fn publish(node: &Node, attestations: Vec<Attestation>) {
         };
         match codec::encode(&msg) {
             Ok(bytes) => {
-                if let Err(e) =
-                    crate::p2p_shim::publish(&node.p2p, Topic::Attestations, bytes).await
-                {
+                if let Err(e) = node.p2p.publish(Topic::Attestations, bytes).await {
                     tracing::debug!(error = %e, "attestation gossip not published; the re-publish tick retries");
                 }
             }

@@ -10,15 +10,18 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
+mod finality;
 mod gossip;
 pub mod keyfile;
 mod net;
 mod node;
-mod p2p_shim;
+mod openrpc;
 mod pool;
 mod proposer;
+mod receipt;
 mod rpc;
 pub mod submit;
+mod subscriptions;
 mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -100,6 +103,7 @@ pub async fn run(
         allowed: genesis.validators.iter().map(|v| v.public_key).collect(),
         request_timeout: Duration::from_millis(config.p2p.request_timeout_ms),
         max_message_bytes: config.p2p.max_message_bytes,
+        max_gossip_bytes: config.p2p.max_gossip_bytes,
     })
     .await
     .map_err(|e| NodeError::P2p(e.to_string()))?;
@@ -108,6 +112,7 @@ pub async fn run(
     let (log_store, state_machine, reader) = bizra_consensus::open(&db_dir, chain_id)
         .await
         .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    let finality_tables = log_store.store().finality();
     let raft_config = openraft::Config {
         cluster_name: genesis.chain_name.clone(),
         heartbeat_interval: config.raft.heartbeat_ms,
@@ -169,6 +174,20 @@ pub async fn run(
         stop_rx.clone(),
     );
     let (gossip_out, gossip_rx) = gossip::GossipOut::new();
+    let (finality, finality_loop) = finality::finality(
+        finality::FinalityConfig {
+            chain_id,
+            voters: genesis.voters(),
+            threshold: genesis.threshold(),
+            key: key.clone(),
+        },
+        finality_tables,
+        reader.clone(),
+        reader.watch_head(),
+        p2p.clone(),
+        stop_rx.clone(),
+    )
+    .map_err(|e| NodeError::Consensus(format!("finality tables: {e}")))?;
 
     let node = Arc::new(node::Node {
         chain_id,
@@ -183,6 +202,7 @@ pub async fn run(
         pool: pool::Pool::new(config.admission.queue_capacity),
         gossip: gossip_out,
         wake_proposer: tokio::sync::Notify::new(),
+        finality,
         commit_timeout: Duration::from_millis(config.admission.commit_timeout_ms),
     });
 
@@ -208,6 +228,7 @@ pub async fn run(
         "gossip-out",
         gossip::run_outbound(node.clone(), gossip_rx, stop_rx.clone()),
     );
+    tasks.spawn("finality", finality_loop);
     tasks.spawn(
         "p2p-inbound",
         net::serve_inbound(node.clone(), p2p_events, stop_rx.clone()),

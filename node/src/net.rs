@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use bizra_consensus::{RaftRpcRequest, RaftRpcResponse, Transport, TransportError};
 use bizra_crypto::codec;
-use bizra_p2p::{P2pEvent, P2pHandle};
+use bizra_p2p::{P2pEvent, P2pHandle, Topic};
 
-use crate::p2p_shim::{Topic, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -29,20 +28,14 @@ const MAX_INBOUND_IN_FLIGHT: usize = 512;
 pub(crate) enum NetRequest {
     /// A Raft RPC for the consensus core.
     Raft(RaftRpcRequest),
-    /// A gossip message sent directly (see `p2p_shim`).
-    Gossip {
-        /// Its topic.
-        topic: Topic,
-        /// The message.
-        data: Vec<u8>,
-    },
 }
 
 /// The answer to a [`NetRequest`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum NetResponse {
-    /// Answer to [`NetRequest::Raft`].
-    Raft(RaftRpcResponse),
+    /// Answer to [`NetRequest::Raft`] (boxed: it is much larger than the
+    /// other variant).
+    Raft(Box<RaftRpcResponse>),
     /// The request could not be decoded or handled at all.
     Refused(String),
 }
@@ -73,7 +66,7 @@ impl Transport for P2pTransport {
             .await
             .map_err(|e| TransportError::new(e.to_string()))?;
         match codec::decode::<NetResponse>(&answer) {
-            Ok(NetResponse::Raft(resp)) => Ok(resp),
+            Ok(NetResponse::Raft(resp)) => Ok(*resp),
             Ok(NetResponse::Refused(why)) => Err(TransportError::new(format!("refused: {why}"))),
             Err(e) => Err(TransportError::new(format!("decode: {e}"))),
         }
@@ -118,6 +111,27 @@ pub(crate) async fn serve_inbound(
             P2pEvent::PeerDisconnected(key) => {
                 tracing::info!(peer = %bizra_crypto::hex::encode(&key), "validator disconnected");
             }
+            P2pEvent::Gossip {
+                topic: Topic::Finality,
+                from,
+                data,
+                verdict,
+            } => node.finality.deliver(from, data, verdict),
+            P2pEvent::Gossip {
+                topic: Topic::Attestations,
+                from,
+                data,
+                verdict,
+            } => {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let node = node.clone();
+                tokio::spawn(async move {
+                    crate::gossip::on_message(&node, from, &data, verdict).await;
+                    drop(permit);
+                });
+            }
         }
     }
 }
@@ -132,15 +146,7 @@ async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
     };
     match request {
         NetRequest::Raft(rpc) => {
-            NetResponse::Raft(bizra_consensus::serve_rpc(&node.raft, rpc).await)
-        }
-        NetRequest::Gossip { topic, data } => {
-            match topic {
-                Topic::Attestations => crate::gossip::on_message(node, from, &data, Verdict).await,
-                // Finality votes are handled by the finality service.
-                Topic::Finality => Verdict.ignore(),
-            }
-            NetResponse::Refused("gossip has no answer".into())
+            NetResponse::Raft(Box::new(bizra_consensus::serve_rpc(&node.raft, rpc).await))
         }
     }
 }

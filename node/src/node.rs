@@ -33,5 +33,7 @@ pub(crate) struct Node {
     pub(crate) gossip: GossipOut,
     /// Wakes the proposer when the pool gains work.
     pub(crate) wake_proposer: tokio::sync::Notify,
+    /// Finality votes, certificates and the finalized height.
+    pub(crate) finality: crate::finality::Finality,
     pub(crate) commit_timeout: Duration,
 }

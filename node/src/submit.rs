@@ -24,6 +24,8 @@ pub enum Wait {
     None,
     /// Answer once the block is committed by a majority and applied.
     Committed,
+    /// Answer once this node also holds the block's finality certificate.
+    Finalized,
 }
 
 /// Where a committed attestation is.
@@ -46,6 +48,10 @@ pub struct SubmitReply {
     pub placement: Option<Placement>,
     /// True when the id was already committed before this submission.
     pub duplicate: bool,
+    /// True once this node holds the finality certificate of the block
+    /// (set only by `wait: finalized`).
+    #[serde(default)]
+    pub finalized: bool,
 }
 
 impl SubmitReply {
@@ -54,7 +60,7 @@ impl SubmitReply {
         match &self.placement {
             Some(p) => json!({
                 "id": hex::encode(&self.id),
-                "status": "committed",
+                "status": if self.finalized { "finalized" } else { "committed" },
                 "height": p.height,
                 "index": p.index,
                 "block_hash": hex::encode(&p.block_hash),
@@ -78,6 +84,11 @@ impl Node {
         attestation: Attestation,
         wait: Wait,
     ) -> Result<SubmitReply, ApiError> {
+        if wait == Wait::Finalized {
+            // Committed first, by the same path, then the certificate.
+            let reply = Box::pin(self.submit(attestation, Wait::Committed)).await?;
+            return self.finalized_reply(reply).await;
+        }
         let id = self
             .admitter
             .check(attestation.clone(), crate::admission::Checks::Client)
@@ -107,6 +118,7 @@ impl Node {
                 id,
                 placement: None,
                 duplicate: false,
+                finalized: false,
             });
         };
         let placement = match tokio::time::timeout(self.commit_timeout, waiter).await {
@@ -131,6 +143,7 @@ impl Node {
             id,
             placement: Some(placement),
             duplicate: false,
+            finalized: false,
         })
     }
 
@@ -148,6 +161,33 @@ impl Node {
                 block_hash: s.block_hash,
             }),
             duplicate: true,
+            finalized: false,
         }))
+    }
+
+    /// Waits, at most the commit timeout, until this node holds the
+    /// certificate of the committed `reply`'s block.
+    async fn finalized_reply(&self, mut reply: SubmitReply) -> Result<SubmitReply, ApiError> {
+        let Some(p) = &reply.placement else {
+            return Ok(reply);
+        };
+        let certified = self
+            .finality
+            .wait_certified(p.height, &p.block_hash, self.commit_timeout)
+            .await?;
+        if !certified {
+            return Err(ApiError::Unavailable {
+                message: format!(
+                    "committed at height {} (block {}) but not finalized within {} ms; \
+                     resubmitting is safe, or poll poi_getAttestation",
+                    p.height,
+                    hex::encode(&p.block_hash),
+                    self.commit_timeout.as_millis()
+                ),
+                retry_after_ms: RETRY_NO_LEADER_MS,
+            });
+        }
+        reply.finalized = true;
+        Ok(reply)
     }
 }

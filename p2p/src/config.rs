@@ -14,6 +14,7 @@ use libp2p::{identity::Keypair, Multiaddr, PeerId};
 
 use crate::codec::MAX_FRAME_LIMIT;
 use crate::error::P2pError;
+use crate::gossip::MAX_GOSSIP_LIMIT;
 use crate::identity::{is_valid_public_key, keypair_from_seed, peer_id_from_key};
 
 /// Everything the p2p service needs from the node configuration and genesis.
@@ -36,6 +37,11 @@ pub struct P2pConfig {
     /// Largest request or response payload, enforced on both send and
     /// receive (before allocating).
     pub max_message_bytes: usize,
+    /// Largest gossip payload: [`P2pHandle::publish`](crate::P2pHandle::publish)
+    /// refuses larger ones with [`P2pError::TooLarge`], and larger received
+    /// messages are ignored. Give every validator the same value: a
+    /// validator with a smaller limit drops what others may send.
+    pub max_gossip_bytes: usize,
 }
 
 impl std::fmt::Debug for P2pConfig {
@@ -47,6 +53,7 @@ impl std::fmt::Debug for P2pConfig {
             .field("allowed", &self.allowed.len())
             .field("request_timeout", &self.request_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_gossip_bytes", &self.max_gossip_bytes)
             .finish()
     }
 }
@@ -64,6 +71,8 @@ pub struct Limits {
     pub command_capacity: usize,
     /// Capacity of the channel carrying [`Responder`](crate::Responder)
     /// answers back to the swarm task; a full channel drops the answer.
+    /// Gossip [`Verdict`](crate::Verdict)s use a second channel of the same
+    /// capacity; a full one drops the verdict (the message is not forwarded).
     pub response_capacity: usize,
     /// Most request-response streams open at once per connection (inbound
     /// and outbound together); further inbound streams are dropped.
@@ -107,6 +116,7 @@ pub(crate) struct Checked {
     pub(crate) allowed: HashMap<PeerId, [u8; 32]>,
     pub(crate) request_timeout: Duration,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_gossip_bytes: usize,
     pub(crate) limits: Limits,
 }
 
@@ -134,6 +144,15 @@ pub(crate) fn check(cfg: P2pConfig, limits: Limits) -> Result<Checked, P2pError>
             format!(
                 "{} is out of range; allowed 1..={MAX_FRAME_LIMIT}",
                 cfg.max_message_bytes
+            ),
+        ));
+    }
+    if cfg.max_gossip_bytes == 0 || cfg.max_gossip_bytes > MAX_GOSSIP_LIMIT {
+        return Err(invalid(
+            "max_gossip_bytes",
+            format!(
+                "{} is out of range; allowed 1..={MAX_GOSSIP_LIMIT}",
+                cfg.max_gossip_bytes
             ),
         ));
     }
@@ -211,6 +230,7 @@ pub(crate) fn check(cfg: P2pConfig, limits: Limits) -> Result<Checked, P2pError>
         allowed,
         request_timeout: cfg.request_timeout,
         max_message_bytes: cfg.max_message_bytes,
+        max_gossip_bytes: cfg.max_gossip_bytes,
         limits,
     })
 }
@@ -286,6 +306,7 @@ mod tests {
             allowed: vec![],
             request_timeout: Duration::from_secs(1),
             max_message_bytes: 1024,
+            max_gossip_bytes: 1024,
         }
     }
 
@@ -321,6 +342,18 @@ mod tests {
             ),
             "max_message_bytes"
         );
+        for bad in [0, MAX_GOSSIP_LIMIT + 1] {
+            assert_eq!(
+                err_key(
+                    P2pConfig {
+                        max_gossip_bytes: bad,
+                        ..base()
+                    },
+                    l
+                ),
+                "max_gossip_bytes"
+            );
+        }
         assert_eq!(
             err_key(
                 base(),

@@ -91,8 +91,10 @@ pub enum P2pError {
         #[source]
         source: io::Error,
     },
-    /// A payload is larger than `max_message_bytes`; it was not sent.
-    #[error("message of {size} bytes exceeds max_message_bytes = {max}")]
+    /// A payload is larger than its limit (`max_message_bytes` for
+    /// requests and responses, `max_gossip_bytes` for gossip); it was not
+    /// sent.
+    #[error("message of {size} bytes exceeds the configured limit of {max} bytes")]
     TooLarge {
         /// Size of the refused payload.
         size: usize,
@@ -106,6 +108,15 @@ pub enum P2pError {
         peer_id: String,
         /// Why the peer refused.
         reason: Refusal,
+    },
+    /// gossipsub could not send a published message to any validator, e.g.
+    /// because the send queues of all subscribed validators are full. Not
+    /// returned when no validator is subscribed yet (see
+    /// [`P2pHandle::publish`](crate::P2pHandle::publish)). Retry later.
+    #[error("gossip not sent: {reason}; retry later")]
+    GossipNotSent {
+        /// What gossipsub reported.
+        reason: String,
     },
     /// The service did not answer a local query in time; the swarm task is
     /// overloaded or stuck.

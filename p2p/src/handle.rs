@@ -1,6 +1,7 @@
 //! What the rest of the node holds: a cloneable [`P2pHandle`] (a channel
 //! sender into the swarm task), the [`P2pEvent`]s it receives, and the
-//! [`Responder`] that carries an answer back.
+//! [`Responder`] that carries an answer back (gossip's [`Verdict`] lives in
+//! `gossip.rs`).
 //!
 //! Owns the caller side of every exchange with the swarm task, including the
 //! timeouts on each wait. It must never touch the Swarm: everything goes
@@ -16,16 +17,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::WireResponse;
 use crate::error::{P2pError, Refusal};
+use crate::gossip::{Topic, Verdict};
 use crate::identity::peer_id_from_key;
 use crate::service::{Command, ResponseCmd};
 
-/// How long local queries (`connected_peers`) may wait for the swarm task.
+/// How long local queries (`connected_peers`, `publish`) may wait for the
+/// swarm task.
 const LOCAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `shutdown` waits for the swarm task to release its sockets.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connected validator, as reported by [`P2pHandle::connected_peers`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PeerInfo {
     /// The validator's Ed25519 public key.
     pub public_key: [u8; 32],
@@ -34,6 +37,11 @@ pub struct PeerInfo {
     /// The remote address of its most recent connection, e.g.
     /// `/ip4/10.0.0.2/tcp/7700`; for measuring and logging, not for dialing.
     pub address: String,
+    /// The last measured round trip to it, in milliseconds (libp2p ping,
+    /// every few seconds on each connection; the first right after
+    /// connecting). `None` until the first ping has answered, or if the peer
+    /// does not support ping.
+    pub rtt_ms: Option<f64>,
 }
 
 /// What the p2p service tells the node. Only allowed peers ever appear here.
@@ -52,6 +60,28 @@ pub enum P2pEvent {
     PeerConnected([u8; 32]),
     /// The last connection to this validator closed.
     PeerDisconnected([u8; 32]),
+    /// A gossip message authored by a validator, received on a topic we
+    /// subscribe to. Messages whose author is not in the allow-list are
+    /// rejected (logged at warn) and never appear here; our own
+    /// publications are not delivered back to us.
+    ///
+    /// gossipsub holds the message until `verdict` is given; only accepted
+    /// messages are forwarded to other validators. If the event queue is
+    /// full, the message is ignored (not delivered, not forwarded) rather
+    /// than blocking the network; its author's periodic re-publication
+    /// brings it again.
+    Gossip {
+        /// The topic it was published on.
+        topic: Topic,
+        /// Public key of the validator that authored (signed) it: not
+        /// necessarily the neighbour that forwarded it.
+        from: [u8; 32],
+        /// The payload, at most `max_gossip_bytes` long.
+        data: Vec<u8>,
+        /// Report whether the message is valid; dropping it ignores the
+        /// message.
+        verdict: Verdict,
+    },
 }
 
 impl std::fmt::Debug for P2pEvent {
@@ -70,6 +100,14 @@ impl std::fmt::Debug for P2pEvent {
                 .debug_tuple("PeerDisconnected")
                 .field(&peer_id_from_key(k))
                 .finish(),
+            P2pEvent::Gossip {
+                topic, from, data, ..
+            } => f
+                .debug_struct("Gossip")
+                .field("topic", topic)
+                .field("from", &peer_id_from_key(from))
+                .field("data_len", &data.len())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -151,6 +189,7 @@ struct Inner {
     peer_id: PeerId,
     public_key: [u8; 32],
     max_message_bytes: usize,
+    max_gossip_bytes: usize,
     request_timeout: Duration,
 }
 
@@ -171,6 +210,7 @@ pub(crate) struct HandleParts {
     pub(crate) peer_id: PeerId,
     pub(crate) public_key: [u8; 32],
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_gossip_bytes: usize,
     pub(crate) request_timeout: Duration,
 }
 
@@ -185,6 +225,7 @@ impl P2pHandle {
                 peer_id: p.peer_id,
                 public_key: p.public_key,
                 max_message_bytes: p.max_message_bytes,
+                max_gossip_bytes: p.max_gossip_bytes,
                 request_timeout: p.request_timeout,
             }),
         }
@@ -246,6 +287,68 @@ impl P2pHandle {
             .unwrap_or(Err(P2pError::Unresponsive {
                 after: LOCAL_QUERY_TIMEOUT,
             }))
+    }
+
+    /// Publishes `data` on `topic` to every connected validator subscribed
+    /// to it; validators that accept it forward it further. Returns once
+    /// the swarm task has taken the message (at most 5 s, else
+    /// [`P2pError::Unresponsive`]); it never waits for the network.
+    ///
+    /// Errors: [`P2pError::TooLarge`] above `max_gossip_bytes` (checked
+    /// before anything is queued), [`P2pError::GossipNotSent`] when the send
+    /// queues of all subscribed validators are full, [`P2pError::Stopped`].
+    ///
+    /// Delivery is best effort, and `Ok(())` does not mean anyone got it:
+    /// - **No validator subscribed yet** (none connected, or their
+    ///   subscriptions have not arrived): the message is dropped, logged at
+    ///   debug, and `Ok(())` is returned; this is not an error.
+    /// - **Just after a validator connects**, before its subscription
+    ///   handshake completes (normally milliseconds), publications on that
+    ///   topic are held back, for at most 3 s, until every validator that
+    ///   connected in the last 3 s has subscribed; then they go out in
+    ///   order. So publishing right after a connection does not skip the
+    ///   new validator.
+    /// - A validator that connects (or restarts) later did not get what was
+    ///   published before. **The caller re-publishes what still matters
+    ///   periodically** (pending attestations, finality votes of recent
+    ///   heights).
+    /// - Identical bytes on the same topic are one message: a
+    ///   re-publication within 30 s of the last one that went out is a
+    ///   no-op (`Ok(())`, logged at debug), and receivers deliver it once;
+    ///   after that it is sent, and delivered, again. Re-publish on a period
+    ///   shorter than 30 s only to reach validators that had no
+    ///   subscription yet; vary the payload (e.g. a different batch) to
+    ///   reach newcomers sooner.
+    /// - A node never receives its own publications.
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), P2pError> {
+        let max = self.inner.max_gossip_bytes;
+        if data.len() > max {
+            return Err(P2pError::TooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.inner
+                .commands
+                .send(Command::Publish { topic, data, reply })
+                .await
+                .map_err(|_| P2pError::Stopped)?;
+            // The swarm task drops `reply` only when it stops.
+            answer.await.map_err(|_| P2pError::Stopped)?
+        };
+        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, exchange)
+            .await
+            .unwrap_or(Err(P2pError::Unresponsive {
+                after: LOCAL_QUERY_TIMEOUT,
+            }))
+    }
+
+    /// The largest payload [`publish`](Self::publish) accepts
+    /// (`max_gossip_bytes`), so callers can size their batches.
+    pub fn max_gossip_bytes(&self) -> usize {
+        self.inner.max_gossip_bytes
     }
 
     /// This node's PeerId (base58), for bootstrap addresses of other nodes

@@ -2,7 +2,8 @@
 //! libp2p.
 //!
 //! One tokio task owns the libp2p `Swarm` (TCP with nodelay, noise, yamux;
-//! request-response on `/bizra/rpc/1`; identify). Everyone else holds a
+//! request-response on `/bizra/rpc/1`; gossipsub; identify; ping). Everyone
+//! else holds a
 //! cloneable [`P2pHandle`] and receives [`P2pEvent`]s over a bounded channel;
 //! no libp2p type crosses this crate's API.
 //!
@@ -15,24 +16,30 @@
 //! - bootstrap dialing: every allowed bootstrap peer is dialed at start and
 //!   re-dialed with a capped backoff whenever it is disconnected;
 //! - request/response of opaque bytes with a size limit enforced before
-//!   allocation, and a timeout on every request.
+//!   allocation, and a timeout on every request;
+//! - gossip on two [`Topic`]s (attestations, finality votes): signed by
+//!   their author, delivered as [`P2pEvent::Gossip`] only when the author is
+//!   an allowed validator, forwarded only once the node's [`Verdict`]
+//!   accepts them ([`P2pHandle::publish`] says what delivery to expect);
+//! - round-trip times of every connection ([`PeerInfo::rtt_ms`], libp2p
+//!   ping), and closing connections whose pings fail (then re-dialed).
 //!
 //! What it must not do: interpret payloads (the node encodes them), block
 //! the swarm loop on a slow consumer (a full event queue refuses requests
-//! with [`Refusal::Overloaded`]), or keep peers outside the allow-list.
-//!
-//! Gossipsub (attestations, finality votes) is not wired yet; it will be one
-//! more behaviour in the swarm task, fed from the same allow-list.
+//! with [`Refusal::Overloaded`] and ignores gossip), or keep peers outside
+//! the allow-list.
 
 mod codec;
 mod config;
 mod error;
+mod gossip;
 mod handle;
 mod identity;
 mod service;
 
 pub use config::{Limits, P2pConfig};
 pub use error::{P2pError, Refusal};
+pub use gossip::{Topic, Verdict};
 pub use handle::{P2pEvent, P2pHandle, PeerInfo, Responder};
 
 use tokio::sync::mpsc;
@@ -42,8 +49,9 @@ use tokio::sync::mpsc;
 /// [`P2pHandle::listen_addrs`]), dials the bootstrap peers and spawns the
 /// swarm task on the current tokio runtime.
 ///
-/// The receiver carries inbound requests and connection changes; if it is
-/// dropped, inbound requests are refused with [`Refusal::Unavailable`].
+/// The receiver carries inbound requests, gossip and connection changes;
+/// if it is dropped, inbound requests are refused with
+/// [`Refusal::Unavailable`] and gossip is ignored.
 pub async fn spawn(cfg: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>), P2pError> {
     spawn_with_limits(cfg, Limits::default()).await
 }
@@ -79,6 +87,8 @@ mod tests {
         send_sync::<P2pError>();
         send::<P2pEvent>();
         send::<Responder>();
+        send_sync::<Verdict>();
+        send_sync::<Topic>();
     }
 
     #[test]
@@ -89,6 +99,7 @@ mod tests {
             send_future(async move {
                 let _ = h.request([0; 32], Vec::new()).await;
                 let _ = h.connected_peers().await;
+                let _ = h.publish(Topic::Finality, Vec::new()).await;
                 h.shutdown().await;
                 h.stopped().await;
             });

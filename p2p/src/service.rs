@@ -2,24 +2,26 @@
 //!
 //! Owns the transport (TCP with nodelay, noise, yamux), the behaviours
 //! (allow-list, connection limits, `/bizra/rpc/1` request-response,
-//! identify), the bootstrap re-dial schedule and the routing of requests and
-//! responses. One `select!` loop drives it; it never awaits a channel that
-//! another task must drain (events go out with `try_send`), so a slow node
-//! cannot stall the network.
+//! identify, gossipsub, ping), the bootstrap re-dial schedule, the routing
+//! of requests, responses and gossip verdicts, publications held back until
+//! new peers have subscribed, and round-trip times. One `select!` loop
+//! drives it; it never awaits a channel that another task must drain
+//! (events go out with `try_send`), so a slow node cannot stall the network.
 //!
 //! It must not interpret payloads, and must not hand libp2p types to the
 //! rest of the node (only [`crate::Responder`] wraps one, privately).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId, PublishError};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent};
-use libp2p::{allow_block_list, connection_limits, identify, noise, tcp, yamux};
+use libp2p::{allow_block_list, connection_limits, identify, noise, ping, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +31,7 @@ use tracing::Instrument;
 use crate::codec::{FrameCodec, WireResponse, PROTOCOL};
 use crate::config::{check_port_free, Checked};
 use crate::error::{P2pError, Refusal};
+use crate::gossip::{self, Topic, Verdict, VerdictCmd, DEDUPE_WINDOW};
 use crate::handle::{HandleParts, P2pEvent, P2pHandle, PeerInfo, Responder};
 
 /// First re-dial delay after a failed dial of a bootstrap peer.
@@ -42,8 +45,24 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PENDING_INCOMING: u32 = 64;
 /// Connections to one peer at once (both sides dialing, plus a restart race).
 const MAX_ESTABLISHED_PER_PEER: u32 = 4;
-/// Minimum gap between two "overloaded" warnings.
-const OVERLOAD_WARN_EVERY: Duration = Duration::from_secs(1);
+/// Minimum gap between two warnings of one repeated kind (overload,
+/// gossip from outside the allow-list, …).
+const WARN_EVERY: Duration = Duration::from_secs(1);
+/// How often each connection is pinged (the first ping goes out right
+/// after connecting).
+const PING_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a ping may take. ping reports a failure only after two in a
+/// row, and we then close the connection, so a dead link (peer frozen,
+/// route gone) is noticed within about 2 × (interval + timeout) = 26 s and
+/// re-dialed, while a link that is merely busy for a few seconds is kept.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a validator connects we wait for its subscriptions
+/// before publishing without it (see [`P2pHandle::publish`]).
+const SUBSCRIBE_GRACE: Duration = Duration::from_secs(3);
+/// Most publications held back while waiting for subscriptions; beyond
+/// either bound they go out at once.
+const MAX_DEFERRED: usize = 1024;
+const MAX_DEFERRED_BYTES: usize = 64 << 20;
 /// identify's protocol version string: nodes of other networks are visible
 /// in logs at once.
 const IDENTIFY_PROTOCOL: &str = "/bizra/1.0.0";
@@ -59,6 +78,13 @@ pub(crate) enum Command {
     /// Report the connected allowed peers.
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// Publish gossip; `reply` gets the outcome as documented on
+    /// [`P2pHandle::publish`].
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), P2pError>>,
     },
 }
 
@@ -76,8 +102,58 @@ struct NodeBehaviour {
     limits: connection_limits::Behaviour,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
-    // gossipsub (attestations, finality votes) goes here; its peers come from
-    // the same allow-list (`add_explicit_peer` for each validator).
+    /// Attestation and finality gossip; every validator is an explicit peer.
+    gossipsub: gossipsub::Behaviour,
+    /// Round-trip times, and dead-link detection.
+    ping: ping::Behaviour,
+}
+
+/// The connections to one allowed peer.
+struct Link {
+    /// When the first of the current connections came up.
+    since: Instant,
+    /// Open connections, oldest first.
+    conns: Vec<Conn>,
+}
+
+/// One open connection.
+struct Conn {
+    id: ConnectionId,
+    addr: Multiaddr,
+    /// Last ping round trip on this connection.
+    rtt: Option<Duration>,
+}
+
+/// A publication held back until new peers have subscribed.
+struct Deferred {
+    topic: Topic,
+    data: Vec<u8>,
+    since: Instant,
+}
+
+/// Rate limit for one kind of warning: the first is logged, then at most one
+/// per [`WARN_EVERY`], saying how many were not.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Counts one occurrence; `Some(suppressed since the last log)` when
+    /// this one should be logged.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Re-dial state of one bootstrap peer.
@@ -97,21 +173,40 @@ struct SwarmTask {
     /// PeerId → validator key, for every allowed peer.
     allowed: HashMap<PeerId, [u8; 32]>,
     bootstrap: HashMap<PeerId, Bootstrap>,
-    /// Open connections of allowed peers, oldest first.
-    connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Open connections of allowed peers.
+    connections: HashMap<PeerId, Link>,
+    /// Topics each connected allowed peer has subscribed to.
+    subscriptions: HashMap<PeerId, HashSet<Topic>>,
+    /// Publications waiting for new peers' subscriptions, oldest first.
+    deferred: VecDeque<Deferred>,
+    deferred_bytes: usize,
+    /// Ids of our publications that went out, with when, oldest first
+    /// (re-publications within [`DEDUPE_WINDOW`] are not handed to
+    /// gossipsub, which would refuse them and log a warning).
+    published: VecDeque<(Instant, MessageId)>,
+    published_ids: HashSet<MessageId>,
     /// Outbound requests waiting for their answer.
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
     events: mpsc::Sender<P2pEvent>,
     /// Cloned into every [`Responder`].
     responses: mpsc::Sender<ResponseCmd>,
+    /// Cloned into every [`Verdict`].
+    verdicts: mpsc::Sender<VerdictCmd>,
+    local_peer_id: PeerId,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     max_message_bytes: usize,
+    max_gossip_bytes: usize,
     /// Reported in timeout errors (libp2p's timer uses the same value).
     request_timeout: Duration,
     max_redial_backoff: Duration,
-    /// Last "overloaded" warning and how many refusals happened since.
-    overload_warned: Option<Instant>,
-    refused_since_warn: u64,
+    /// Inbound requests refused because the event queue was full.
+    overload_warn: Throttle,
+    /// Gossip ignored because the event queue was full.
+    gossip_overload_warn: Throttle,
+    /// Gossip authored outside the allow-list, or above our size limit.
+    bad_gossip_warn: Throttle,
+    /// gossipsub's slow-peer reports.
+    slow_peer_warn: Throttle,
 }
 
 /// Builds the swarm, binds the listener, waits for its first address, dials
@@ -130,6 +225,7 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
     let (event_tx, event_rx) = mpsc::channel(limits.event_capacity);
     let (command_tx, command_rx) = mpsc::channel(limits.command_capacity);
     let (response_tx, response_rx) = mpsc::channel(limits.response_capacity);
+    let (verdict_tx, verdict_rx) = mpsc::channel(limits.response_capacity);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, stopped_rx) = watch::channel(());
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
@@ -153,15 +249,25 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         allowed: cfg.allowed,
         bootstrap,
         connections: HashMap::new(),
+        subscriptions: HashMap::new(),
+        deferred: VecDeque::new(),
+        deferred_bytes: 0,
+        published: VecDeque::new(),
+        published_ids: HashSet::new(),
         pending: HashMap::new(),
         events: event_tx,
         responses: response_tx,
+        verdicts: verdict_tx,
+        local_peer_id: cfg.local_peer_id,
         listen_addrs: listen_tx,
         max_message_bytes: cfg.max_message_bytes,
+        max_gossip_bytes: cfg.max_gossip_bytes,
         request_timeout: cfg.request_timeout,
         max_redial_backoff: limits.max_redial_backoff,
-        overload_warned: None,
-        refused_since_warn: 0,
+        overload_warn: Throttle::default(),
+        gossip_overload_warn: Throttle::default(),
+        bad_gossip_warn: Throttle::default(),
+        slow_peer_warn: Throttle::default(),
     };
 
     task.await_first_listen_addr(&cfg.listen).await?;
@@ -170,7 +276,8 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
     let span = tracing::info_span!("p2p", peer_id = %cfg.local_peer_id);
     tokio::spawn(
         async move {
-            task.run(command_rx, response_rx, shutdown_rx).await;
+            task.run(command_rx, response_rx, verdict_rx, shutdown_rx)
+                .await;
             // The swarm (listener and connections) is dropped by now; only
             // then tell `shutdown` and `stopped` callers.
             drop(alive_tx);
@@ -187,6 +294,7 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         peer_id: cfg.local_peer_id,
         public_key: cfg.public_key,
         max_message_bytes: cfg.max_message_bytes,
+        max_gossip_bytes: cfg.max_gossip_bytes,
         request_timeout: cfg.request_timeout,
     });
     Ok((handle, event_rx))
@@ -198,6 +306,12 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
     let rpc_config = request_response::Config::default()
         .with_request_timeout(cfg.request_timeout)
         .with_max_concurrent_streams(cfg.limits.max_concurrent_streams);
+    let gossipsub = gossip::behaviour(&cfg.keypair, cfg.allowed.keys(), cfg.max_gossip_bytes)?;
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(PING_INTERVAL)
+            .with_timeout(PING_TIMEOUT),
+    );
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -230,6 +344,8 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
                 limits,
                 rpc,
                 identify,
+                gossipsub,
+                ping,
             }
         })
         .map_err(|e: Infallible| P2pError::Setup(e.to_string()))?
@@ -281,6 +397,7 @@ impl SwarmTask {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut responses: mpsc::Receiver<ResponseCmd>,
+        mut verdicts: mpsc::Receiver<VerdictCmd>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut redial = tokio::time::interval(REDIAL_TICK);
@@ -299,8 +416,15 @@ impl SwarmTask {
                 },
                 // Never None: this task holds a sender for new Responders.
                 Some(response) = responses.recv() => self.on_response(response),
+                // Never None: this task holds a sender for new Verdicts.
+                Some(verdict) = verdicts.recv() => self.on_verdict(verdict),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = redial.tick() => self.redial_due(Instant::now()),
+                _ = redial.tick() => {
+                    let now = Instant::now();
+                    self.redial_due(now);
+                    self.flush_deferred(now);
+                    self.forget_published(now);
+                }
             }
         }
         tracing::debug!(pending = self.pending.len(), "p2p swarm task stopping");
@@ -327,6 +451,13 @@ impl SwarmTask {
             },
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.connected_peers());
+            }
+            // The caller timed out while the command was queued: it was
+            // told the message was not taken, so do not send it.
+            Command::Publish { reply, .. } if reply.is_closed() => {}
+            Command::Publish { topic, data, reply } => {
+                let result = self.publish(topic, data, Instant::now());
+                let _ = reply.send(result);
             }
         }
     }
@@ -358,13 +489,18 @@ impl SwarmTask {
         let mut peers: Vec<PeerInfo> = self
             .connections
             .iter()
-            .filter_map(|(peer, conns)| {
+            .filter_map(|(peer, link)| {
                 let key = self.allowed.get(peer)?;
-                let (_, addr) = conns.last()?;
+                let newest = link.conns.last()?;
+                // The newest connection's round trip, else any other's.
+                let rtt = newest
+                    .rtt
+                    .or_else(|| link.conns.iter().rev().find_map(|c| c.rtt));
                 Some(PeerInfo {
                     public_key: *key,
                     peer_id: peer.to_string(),
-                    address: addr.to_string(),
+                    address: newest.addr.to_string(),
+                    rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
                 })
             })
             .collect();
@@ -408,6 +544,10 @@ impl SwarmTask {
         match event {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Rpc(event)) => self.on_rpc_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(event)) => on_identify_event(event),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Gossipsub(event)) => {
+                self.on_gossip_event(event)
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(event)) => self.on_ping_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::AllowList(never)) => match never {},
             SwarmEvent::Behaviour(NodeBehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
@@ -517,8 +657,16 @@ impl SwarmTask {
         };
         self.connections
             .entry(peer)
-            .or_default()
-            .push((connection_id, addr.clone()));
+            .or_insert_with(|| Link {
+                since: Instant::now(),
+                conns: Vec::new(),
+            })
+            .conns
+            .push(Conn {
+                id: connection_id,
+                addr: addr.clone(),
+                rtt: None,
+            });
         if let Some(b) = self.bootstrap.get_mut(&peer) {
             b.connected_since.get_or_insert_with(Instant::now);
         }
@@ -535,13 +683,16 @@ impl SwarmTask {
         num_established: u32,
         cause: Option<libp2p::swarm::ConnectionError>,
     ) {
-        if let Some(conns) = self.connections.get_mut(&peer) {
-            conns.retain(|(id, _)| *id != connection_id);
+        if let Some(link) = self.connections.get_mut(&peer) {
+            link.conns.retain(|c| c.id != connection_id);
         }
         if num_established > 0 {
             return;
         }
         self.connections.remove(&peer);
+        self.subscriptions.remove(&peer);
+        // Publications may have been waiting for this peer's subscription.
+        self.flush_deferred(Instant::now());
         let Some(key) = self.allowed.get(&peer).copied() else {
             return;
         };
@@ -670,16 +821,279 @@ impl SwarmTask {
     }
 
     fn warn_overloaded(&mut self, peer: PeerId) {
-        self.refused_since_warn += 1;
-        let now = Instant::now();
-        if self
-            .overload_warned
-            .is_none_or(|t| now.duration_since(t) >= OVERLOAD_WARN_EVERY)
-        {
-            tracing::warn!(%peer, refused = self.refused_since_warn,
+        if let Some(suppressed) = self.overload_warn.hit(Instant::now()) {
+            tracing::warn!(%peer, refused = suppressed + 1,
                 "p2p event queue full: node overloaded, refusing inbound requests");
-            self.overload_warned = Some(now);
-            self.refused_since_warn = 0;
+        }
+    }
+
+    /// Publishes now, or holds the message back while a validator that
+    /// just connected has not subscribed to `topic` yet (at most
+    /// [`SUBSCRIBE_GRACE`]); publications on one topic keep their order.
+    fn publish(&mut self, topic: Topic, data: Vec<u8>, now: Instant) -> Result<(), P2pError> {
+        if data.len() > self.max_gossip_bytes {
+            return Err(P2pError::TooLarge {
+                size: data.len(),
+                max: self.max_gossip_bytes,
+            });
+        }
+        let queued = self.deferred.iter().any(|d| d.topic == topic);
+        if queued || self.awaiting_subscription(topic, now) {
+            if self.deferred.len() < MAX_DEFERRED
+                && self.deferred_bytes + data.len() <= MAX_DEFERRED_BYTES
+            {
+                tracing::debug!(%topic, size = data.len(),
+                    "gossip held back until newly connected validators subscribe");
+                self.deferred_bytes += data.len();
+                self.deferred.push_back(Deferred {
+                    topic,
+                    data,
+                    since: now,
+                });
+                return Ok(());
+            }
+            // Too much held back: send this topic's queue now, in order.
+            self.flush_topic(topic);
+        }
+        self.publish_now(topic, data)
+    }
+
+    /// Whether a validator connected less than [`SUBSCRIBE_GRACE`] ago has
+    /// not subscribed to `topic` yet.
+    fn awaiting_subscription(&self, topic: Topic, now: Instant) -> bool {
+        self.connections.iter().any(|(peer, link)| {
+            now.duration_since(link.since) < SUBSCRIBE_GRACE
+                && !self
+                    .subscriptions
+                    .get(peer)
+                    .is_some_and(|topics| topics.contains(&topic))
+        })
+    }
+
+    /// Sends the held-back publications of every topic that no longer
+    /// waits for a subscription, or whose oldest has waited long enough.
+    fn flush_deferred(&mut self, now: Instant) {
+        for topic in Topic::ALL {
+            let Some(oldest) = self.deferred.iter().find(|d| d.topic == topic) else {
+                continue;
+            };
+            if now.duration_since(oldest.since) >= SUBSCRIBE_GRACE
+                || !self.awaiting_subscription(topic, now)
+            {
+                self.flush_topic(topic);
+            }
+        }
+    }
+
+    /// Sends every held-back publication of `topic`, in order.
+    fn flush_topic(&mut self, topic: Topic) {
+        let (due, rest): (VecDeque<Deferred>, VecDeque<Deferred>) =
+            std::mem::take(&mut self.deferred)
+                .into_iter()
+                .partition(|d| d.topic == topic);
+        self.deferred = rest;
+        for d in due {
+            self.deferred_bytes -= d.data.len();
+            let waited = d.since.elapsed();
+            if let Err(error) = self.publish_now(topic, d.data) {
+                tracing::warn!(%topic, %error, ?waited, "held-back gossip not sent");
+            }
+        }
+    }
+
+    /// Hands one publication to gossipsub.
+    fn publish_now(&mut self, topic: Topic, data: Vec<u8>) -> Result<(), P2pError> {
+        let size = data.len();
+        let (id, data) = gossip::own_message_id(self.local_peer_id, topic, data);
+        if self.published_ids.contains(&id) {
+            tracing::debug!(%topic, size, message_id = %id,
+                "identical gossip went out less than {DEDUPE_WINDOW:?} ago; not sent again");
+            return Ok(());
+        }
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.hash(), data)
+        {
+            Ok(id) => {
+                tracing::trace!(%topic, size, message_id = %id, "gossip published");
+                self.published_ids.insert(id.clone());
+                self.published.push_back((Instant::now(), id));
+                Ok(())
+            }
+            Err(PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!(%topic, size,
+                    "no validator has subscribed to the topic yet; gossip not sent");
+                Ok(())
+            }
+            Err(PublishError::Duplicate) => Ok(()),
+            Err(PublishError::MessageTooLarge) => Err(P2pError::TooLarge {
+                size,
+                max: self.max_gossip_bytes,
+            }),
+            Err(PublishError::AllQueuesFull(peers)) => Err(P2pError::GossipNotSent {
+                reason: format!("the send queues of all {peers} subscribed validators are full"),
+            }),
+            Err(other) => Err(P2pError::GossipNotSent {
+                reason: other.to_string(),
+            }),
+        }
+    }
+
+    /// Forgets our publications older than [`DEDUPE_WINDOW`].
+    fn forget_published(&mut self, now: Instant) {
+        while let Some((at, _)) = self.published.front() {
+            if now.duration_since(*at) < DEDUPE_WINDOW {
+                break;
+            }
+            if let Some((_, id)) = self.published.pop_front() {
+                self.published_ids.remove(&id);
+            }
+        }
+    }
+
+    fn on_verdict(&mut self, verdict: VerdictCmd) {
+        self.report(&verdict.id, &verdict.via, verdict.acceptance);
+    }
+
+    fn report(&mut self, id: &MessageId, via: &PeerId, acceptance: MessageAcceptance) {
+        let found = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, via, acceptance);
+        if !found {
+            tracing::debug!(message_id = %id, ?acceptance,
+                "gossip verdict came after the message expired; not forwarded");
+        }
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => self.deliver_gossip(propagation_source, message_id, message),
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                let Some(topic) = Topic::from_hash(&topic) else {
+                    tracing::debug!(peer = %peer_id, %topic, "peer subscribed to an unknown topic");
+                    return;
+                };
+                tracing::debug!(peer = %peer_id, %topic, "peer subscribed");
+                if self.connections.contains_key(&peer_id) {
+                    self.subscriptions.entry(peer_id).or_default().insert(topic);
+                }
+                self.flush_deferred(Instant::now());
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                tracing::debug!(peer = %peer_id, %topic, "peer unsubscribed");
+                if let (Some(topic), Some(topics)) = (
+                    Topic::from_hash(&topic),
+                    self.subscriptions.get_mut(&peer_id),
+                ) {
+                    topics.remove(&topic);
+                }
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                tracing::warn!(peer = %peer_id,
+                    "validator does not speak gossipsub (another version?); it gets no gossip");
+            }
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
+                if let Some(suppressed) = self.slow_peer_warn.hit(Instant::now()) {
+                    tracing::warn!(peer = %peer_id, ?failed_messages, suppressed,
+                        "validator is too slow to take our gossip; messages to it were dropped");
+                }
+            }
+        }
+    }
+
+    /// Hands a received message to the node with a [`Verdict`], or judges
+    /// it here: rejected if its author is not an allowed validator, ignored
+    /// if it is too large or the node cannot take it now.
+    fn deliver_gossip(&mut self, via: PeerId, id: MessageId, message: gossipsub::Message) {
+        let now = Instant::now();
+        let Some(topic) = Topic::from_hash(&message.topic) else {
+            // gossipsub only delivers topics we subscribed to.
+            self.report(&id, &via, MessageAcceptance::Ignore);
+            return;
+        };
+        // Strict validation guarantees an authenticated author.
+        let author = message.source;
+        let Some(from) = author.and_then(|a| self.allowed.get(&a).copied()) else {
+            self.report(&id, &via, MessageAcceptance::Reject);
+            if let Some(suppressed) = self.bad_gossip_warn.hit(now) {
+                tracing::warn!(author = %peer_id_string(author), %via, %topic, suppressed,
+                    "rejected gossip authored by a peer outside the validator allow-list");
+            }
+            return;
+        };
+        if message.data.len() > self.max_gossip_bytes {
+            self.report(&id, &via, MessageAcceptance::Ignore);
+            if let Some(suppressed) = self.bad_gossip_warn.hit(now) {
+                tracing::warn!(author = %peer_id_string(author), %via, %topic,
+                    size = message.data.len(), max = self.max_gossip_bytes, suppressed,
+                    "ignored gossip above max_gossip_bytes; give every validator the same p2p.max_gossip_bytes");
+            }
+            return;
+        }
+        let event = P2pEvent::Gossip {
+            topic,
+            from,
+            data: message.data,
+            verdict: Verdict::new(id, via, self.verdicts.clone()),
+        };
+        let event = match self.events.try_send(event) {
+            Ok(()) => return,
+            Err(TrySendError::Full(event)) => {
+                if let Some(suppressed) = self.gossip_overload_warn.hit(now) {
+                    tracing::warn!(%topic, ignored = suppressed + 1,
+                        "p2p event queue full: node overloaded, ignoring gossip");
+                }
+                event
+            }
+            Err(TrySendError::Closed(event)) => event,
+        };
+        // Report here: queueing a verdict to ourselves could find its
+        // channel full.
+        if let P2pEvent::Gossip { verdict, .. } = event {
+            if let Some((id, via)) = verdict.disarm() {
+                self.report(&id, &via, MessageAcceptance::Ignore);
+            }
+        }
+    }
+
+    /// Records round-trip times; closes a connection whose pings fail.
+    fn on_ping_event(&mut self, event: ping::Event) {
+        let ping::Event {
+            peer,
+            connection,
+            result,
+        } = event;
+        match result {
+            Ok(rtt) => {
+                let conn = self
+                    .connections
+                    .get_mut(&peer)
+                    .and_then(|link| link.conns.iter_mut().find(|c| c.id == connection));
+                if let Some(conn) = conn {
+                    tracing::trace!(%peer, ?rtt, "ping");
+                    conn.rtt = Some(rtt);
+                }
+            }
+            Err(ping::Failure::Unsupported) => {
+                tracing::debug!(%peer, "peer does not support ping; no round-trip time");
+            }
+            Err(error) => {
+                // ping reports only the second failure in a row.
+                tracing::warn!(%peer, %error,
+                    "pings to validator failed twice in a row; closing the connection (dead link?)");
+                self.swarm.close_connection(connection);
+            }
         }
     }
 
@@ -692,6 +1106,10 @@ impl SwarmTask {
             }
         }
     }
+}
+
+fn peer_id_string(peer: Option<PeerId>) -> String {
+    peer.map_or_else(|| "none".to_string(), |p| p.to_string())
 }
 
 fn on_identify_event(event: identify::Event) {

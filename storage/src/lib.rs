@@ -34,12 +34,17 @@
 //! started ([`Store::sync_count`] counts rounds). Raft appends go through
 //! it, and `save_vote` waits for it before returning.
 //!
+//! Own finality votes are the exception among the non-Raft trees: they are
+//! synced before they may be sent (a validator never signs two hashes for
+//! one height, even across a power loss; see `finality`).
+//!
 //! The state tables are written without syncing, each applied entry as one
 //! atomic sled batch together with its log id: if a power loss rolls them
 //! back, Raft re-applies from the (durable) log. Before a snapshot lets the
 //! log be purged, the builder syncs (see `bizra-consensus`).
 
 mod error;
+mod finality;
 mod raft_log;
 mod snapshot;
 mod state;
@@ -47,6 +52,10 @@ mod store;
 mod syncer;
 
 pub use error::{Result, StorageError};
+pub use finality::{
+    DivergenceEvidence, FinalityTables, OwnVote, OwnVoteError, ReceivedVote, VoteRecord,
+    MAX_VOTES_AHEAD,
+};
 pub use raft_log::{LogStore, MAX_READ_BYTES};
 pub use snapshot::{SnapshotFile, SnapshotMetaOf};
 pub use state::{

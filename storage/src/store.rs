@@ -11,7 +11,9 @@
 //! dir/snapshot.current  the last state-machine snapshot (see `snapshot`)
 //! ```
 //! Trees: `raft_log` (entries, last purged id), `raft_meta` (vote,
-//! committed, chain id), `state` (state-machine tables).
+//! committed, chain id), `state` (state-machine tables), `finality` (own
+//! and received finality votes, certificates, divergence evidence; see
+//! `finality`).
 
 use std::fs::File;
 use std::io;
@@ -23,6 +25,7 @@ use bizra_crypto::Hash;
 use tokio::sync::oneshot;
 
 use crate::error::{Result, StorageError};
+use crate::finality::FinalityTables;
 use crate::snapshot::SnapshotFile;
 use crate::state::StateTables;
 use crate::syncer::{DiskSync, SyncCallback, Syncer};
@@ -30,6 +33,7 @@ use crate::syncer::{DiskSync, SyncCallback, Syncer};
 const RAFT_LOG_TREE: &str = "raft_log";
 const RAFT_META_TREE: &str = "raft_meta";
 const STATE_TREE: &str = "state";
+const FINALITY_TREE: &str = "finality";
 const CHAIN_ID_KEY: &[u8] = b"chain_id";
 
 /// A node's durable storage: one sled database plus the snapshot file.
@@ -48,6 +52,7 @@ struct Inner {
     log: sled::Tree,
     meta: sled::Tree,
     state: StateTables,
+    finality: sled::Tree,
     snapshot: SnapshotFile,
     // Declared last: dropped after the trees above, and its Drop joins the
     // thread so that the database is closed once the last handle is gone.
@@ -84,6 +89,7 @@ impl Store {
         let log = db.open_tree(RAFT_LOG_TREE)?;
         let meta = db.open_tree(RAFT_META_TREE)?;
         let state = StateTables::new(db.open_tree(STATE_TREE)?);
+        let finality = db.open_tree(FINALITY_TREE)?;
         let disk = DiskSync::new(db, &sled_dir)
             .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?;
         let syncer = Syncer::start(disk)
@@ -96,6 +102,7 @@ impl Store {
                 log,
                 meta,
                 state,
+                finality,
                 snapshot,
                 syncer,
             }),
@@ -111,6 +118,13 @@ impl Store {
     /// the database open, while the store is in use elsewhere).
     pub fn state(&self) -> StateTables {
         self.inner.state.clone()
+    }
+
+    /// The finality tables: votes, certificates, divergence evidence. Not
+    /// part of state-machine snapshots (they are per-node knowledge,
+    /// gathered again from peers).
+    pub fn finality(&self) -> FinalityTables {
+        FinalityTables::new(self.inner.finality.clone(), self.clone())
     }
 
     /// The persisted state-machine snapshot.

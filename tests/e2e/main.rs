@@ -11,7 +11,9 @@
 //! clusters run at once. All tests compile into this one binary.
 
 mod admission;
+mod api;
 mod cluster;
+mod finality;
 mod overload;
 mod pipeline;
 mod restart;

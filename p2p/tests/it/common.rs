@@ -1,12 +1,12 @@
-//! Helpers shared by the tests: keys, configs, a recording request handler,
-//! bounded waits and log capture.
+//! Helpers shared by the tests: keys, configs, a recording request and
+//! gossip handler, bounded waits and log capture.
 
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bizra_p2p::{P2pConfig, P2pEvent, P2pHandle};
+use bizra_p2p::{P2pConfig, P2pEvent, P2pHandle, Topic};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -34,6 +34,7 @@ pub(crate) fn config(n: u8, allowed: &[u8], bootstrap: Vec<String>) -> P2pConfig
         allowed: allowed.iter().map(|&i| key(i)).collect(),
         request_timeout: TIMEOUT,
         max_message_bytes: 64 * 1024,
+        max_gossip_bytes: 64 * 1024,
     }
 }
 
@@ -50,15 +51,48 @@ pub(crate) fn dial_addr(h: &P2pHandle) -> String {
 /// What a node's handler saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seen {
-    Request { from: [u8; 32], len: usize },
+    Request {
+        from: [u8; 32],
+        len: usize,
+    },
     Connected([u8; 32]),
     Disconnected([u8; 32]),
+    Gossip {
+        topic: Topic,
+        from: [u8; 32],
+        data: Vec<u8>,
+    },
 }
 
-/// Records every event and answers every request with `answer(payload)`.
+/// What a test handler answers to a gossip message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Judgement {
+    Accept,
+    Reject,
+    Ignore,
+    /// Drop the verdict without calling anything.
+    Drop,
+}
+
+/// Accepts every gossip message.
+pub(crate) fn accept_all(_: Topic, _: &[u8]) -> Judgement {
+    Judgement::Accept
+}
+
+/// Records every event, answers every request with `answer(payload)` and
+/// accepts all gossip.
 pub(crate) fn serve(
+    events: mpsc::Receiver<P2pEvent>,
+    answer: fn(&[u8]) -> Vec<u8>,
+) -> Arc<Mutex<Vec<Seen>>> {
+    serve_judging(events, answer, accept_all)
+}
+
+/// Like [`serve`], judging each gossip message with `judge`.
+pub(crate) fn serve_judging(
     mut events: mpsc::Receiver<P2pEvent>,
     answer: fn(&[u8]) -> Vec<u8>,
+    judge: fn(Topic, &[u8]) -> Judgement,
 ) -> Arc<Mutex<Vec<Seen>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -79,6 +113,20 @@ pub(crate) fn serve(
                 }
                 P2pEvent::PeerConnected(k) => Seen::Connected(k),
                 P2pEvent::PeerDisconnected(k) => Seen::Disconnected(k),
+                P2pEvent::Gossip {
+                    topic,
+                    from,
+                    data,
+                    verdict,
+                } => {
+                    match judge(topic, &data) {
+                        Judgement::Accept => verdict.accept(),
+                        Judgement::Reject => verdict.reject(),
+                        Judgement::Ignore => verdict.ignore(),
+                        Judgement::Drop => drop(verdict),
+                    }
+                    Seen::Gossip { topic, from, data }
+                }
             };
             log.lock().unwrap().push(entry);
         }
@@ -100,6 +148,30 @@ pub(crate) fn requests_from(seen: &Arc<Mutex<Vec<Seen>>>, from: [u8; 32]) -> usi
         .iter()
         .filter(|s| matches!(s, Seen::Request { from: f, .. } if *f == from))
         .count()
+}
+
+/// Gossip messages seen, as (topic, author, data), in arrival order.
+pub(crate) fn gossip_seen(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<(Topic, [u8; 32], Vec<u8>)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Gossip { topic, from, data } => Some((*topic, *from, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `seen` holds gossip `data` on `topic` from `from`.
+pub(crate) fn has_gossip(
+    seen: &Arc<Mutex<Vec<Seen>>>,
+    topic: Topic,
+    from: [u8; 32],
+    data: &[u8],
+) -> bool {
+    gossip_seen(seen)
+        .iter()
+        .any(|(t, f, d)| *t == topic && *f == from && d == data)
 }
 
 /// Polls `check` every 20 ms until it holds; panics after `within`.

@@ -4,5 +4,6 @@
 mod allow_list;
 mod common;
 mod exchange;
+mod gossip;
 mod limits;
 mod restart;

@@ -1,0 +1,334 @@
+//! Gossip between validators: the two topics, how a message is identified,
+//! the gossipsub configuration, and the [`Verdict`] the node gives on each
+//! received message.
+//!
+//! Owns everything about gossipsub that is not the swarm loop itself. It
+//! must not interpret payloads (the node encodes them) and must never block:
+//! a verdict travels to the swarm task with `try_send`.
+//!
+//! Choices, and why:
+//! - **Strict validation, signed messages.** Every message carries its
+//!   author's PeerId, a sequence number and the author's signature, checked
+//!   by gossipsub before anything else, so `from` in
+//!   [`P2pEvent::Gossip`](crate::P2pEvent::Gossip) is the author, not just
+//!   the neighbour that forwarded it.
+//! - **Message id = BLAKE3(domain ‖ author ‖ topic ‖ data)**, without the
+//!   sequence number: the same bytes from two validators are two messages,
+//!   and the same bytes published again by one validator are one message
+//!   (deduplicated for [`DEDUPE_WINDOW`] by sender and receivers alike).
+//! - **Every validator is an explicit peer.** gossipsub always sends to and
+//!   forwards to explicit peers and never builds a mesh with them, so with a
+//!   validator-only network a message floods every connected validator that
+//!   subscribed, and goes further only through validators that accept it.
+//! - **Validation by the node.** gossipsub holds each message until the
+//!   node's verdict; only accepted messages are forwarded.
+
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::error::P2pError;
+
+/// How long a published or received message id is remembered: identical
+/// bytes from the same author within this window are sent and delivered
+/// once. Long enough for any message to cross the validator set, short
+/// enough that a validator that missed a message gets a later re-publish.
+pub(crate) const DEDUPE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Room for gossipsub's framing around a payload of `max_gossip_bytes`.
+///
+/// Protobuf fields (author, sequence number, topic, signature, lengths)
+/// take under 200 bytes. gossipsub 0.50 also compares its whole read buffer
+/// (one frame plus up to 8 KiB already read from the next frame) against
+/// `max_transmit_size` and drops the stream if it is larger, so a payload
+/// right at the limit needs 8 KiB more. 16 KiB covers both.
+pub(crate) const FRAME_OVERHEAD: usize = 16 * 1024;
+
+/// Largest accepted `max_gossip_bytes`.
+pub(crate) const MAX_GOSSIP_LIMIT: usize = 256 << 20;
+
+/// Domain separation of message ids from every other BLAKE3 use.
+const MESSAGE_ID_DOMAIN: &[u8] = b"bizra/gossip-message-id/1";
+
+/// A gossip topic. Every node subscribes to both at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `bizra/attestations/1`: batches of admitted attestations, so every
+    /// validator's pending pool has them.
+    Attestations,
+    /// `bizra/finality/1`: validators' finality votes on blocks.
+    Finality,
+}
+
+impl Topic {
+    /// Every topic, in a fixed order.
+    pub const ALL: [Topic; 2] = [Topic::Attestations, Topic::Finality];
+
+    /// The topic's name on the wire, e.g. `bizra/attestations/1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Attestations => "bizra/attestations/1",
+            Topic::Finality => "bizra/finality/1",
+        }
+    }
+
+    pub(crate) fn ident(self) -> IdentTopic {
+        IdentTopic::new(self.name())
+    }
+
+    pub(crate) fn hash(self) -> TopicHash {
+        TopicHash::from_raw(self.name())
+    }
+
+    /// The topic of a received message; `None` for a topic we do not know
+    /// (never delivered: we only subscribe to our own).
+    pub(crate) fn from_hash(hash: &TopicHash) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.name() == hash.as_str())
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A verdict on one received message, on its way to the swarm task.
+pub(crate) struct VerdictCmd {
+    pub(crate) id: MessageId,
+    /// The neighbour we received it from (not necessarily the author).
+    pub(crate) via: PeerId,
+    pub(crate) acceptance: MessageAcceptance,
+}
+
+/// The node's decision on one received gossip message; gossipsub holds the
+/// message until it arrives.
+///
+/// - [`accept`](Verdict::accept): the message is valid; it is forwarded to
+///   the validators that have not seen it.
+/// - [`reject`](Verdict::reject): the message is invalid (bad encoding,
+///   bad signature inside, …); it is dropped and not forwarded.
+/// - [`ignore`](Verdict::ignore): not forwarded, but not held against the
+///   sender (e.g. the node is too busy to check it). Dropping a `Verdict`
+///   without calling any of them is the same as `ignore`.
+///
+/// None of them blocks. gossipsub keeps an unvalidated message for about
+/// 4-5 s (5 heartbeats of 1 s); a verdict that comes later has no effect
+/// (an `accept` is then not forwarded, and gossipsub logs "Message not in
+/// cache").
+pub struct Verdict {
+    /// `None` once reported.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    id: MessageId,
+    via: PeerId,
+    verdicts: mpsc::Sender<VerdictCmd>,
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.pending {
+            Some(p) => f
+                .debug_struct("Verdict")
+                .field("message_id", &p.id.to_string())
+                .field("via", &p.via)
+                .finish(),
+            None => f.write_str("Verdict(reported)"),
+        }
+    }
+}
+
+impl Verdict {
+    pub(crate) fn new(id: MessageId, via: PeerId, verdicts: mpsc::Sender<VerdictCmd>) -> Self {
+        Verdict {
+            pending: Some(Pending { id, via, verdicts }),
+        }
+    }
+
+    /// The message is valid: forward it.
+    pub fn accept(mut self) {
+        self.report(MessageAcceptance::Accept);
+    }
+
+    /// The message is invalid: drop it, do not forward it.
+    pub fn reject(mut self) {
+        self.report(MessageAcceptance::Reject);
+    }
+
+    /// Do not forward the message, without judging it.
+    pub fn ignore(mut self) {
+        self.report(MessageAcceptance::Ignore);
+    }
+
+    /// Takes the verdict back without reporting it, for the swarm task to
+    /// report directly (it must not queue to itself).
+    pub(crate) fn disarm(mut self) -> Option<(MessageId, PeerId)> {
+        self.pending.take().map(|p| (p.id, p.via))
+    }
+
+    fn report(&mut self, acceptance: MessageAcceptance) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let cmd = VerdictCmd {
+            id: p.id,
+            via: p.via,
+            acceptance,
+        };
+        match p.verdicts.try_send(cmd) {
+            Ok(()) => {}
+            Err(TrySendError::Full(cmd)) => {
+                // The message then expires unvalidated: not forwarded.
+                tracing::warn!(message_id = %cmd.id, ?acceptance,
+                    "p2p verdict queue full; gossip verdict dropped (message not forwarded)");
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::debug!("p2p service stopped; gossip verdict dropped");
+            }
+        }
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        self.report(MessageAcceptance::Ignore);
+    }
+}
+
+/// The id of a message: BLAKE3 over the domain, the author's PeerId, the
+/// topic and the data, each but the last length-prefixed. The sequence
+/// number is left out on purpose (see the module documentation).
+pub(crate) fn message_id(message: &gossipsub::Message) -> MessageId {
+    let author = message.source.map(|p| p.to_bytes()).unwrap_or_default();
+    let topic = message.topic.as_str().as_bytes();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(MESSAGE_ID_DOMAIN);
+    hasher.update(&(author.len() as u64).to_le_bytes());
+    hasher.update(&author);
+    hasher.update(&(topic.len() as u64).to_le_bytes());
+    hasher.update(topic);
+    hasher.update(&message.data);
+    MessageId::from(hasher.finalize().as_bytes().to_vec())
+}
+
+/// The id a message we publish will get, to recognize re-publications
+/// before handing them to gossipsub.
+pub(crate) fn own_message_id(local: PeerId, topic: Topic, data: Vec<u8>) -> (MessageId, Vec<u8>) {
+    let message = gossipsub::Message {
+        source: Some(local),
+        data,
+        sequence_number: None,
+        topic: topic.hash(),
+    };
+    (message_id(&message), message.data)
+}
+
+/// Builds the gossipsub behaviour: subscribed to every [`Topic`], with
+/// every allowed validator but ourselves as an explicit peer.
+pub(crate) fn behaviour<'a>(
+    keypair: &Keypair,
+    validators: impl Iterator<Item = &'a PeerId>,
+    max_gossip_bytes: usize,
+) -> Result<gossipsub::Behaviour, P2pError> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(message_id)
+        // `max_gossip_bytes` itself is enforced on publish and on receipt.
+        .max_transmit_size(max_gossip_bytes.saturating_add(FRAME_OVERHEAD))
+        .duplicate_cache_time(DEDUPE_WINDOW)
+        .build()
+        .map_err(|e| P2pError::Setup(format!("gossipsub configuration: {e}")))?;
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        config,
+    )
+    .map_err(|e| P2pError::Setup(format!("gossipsub: {e}")))?;
+    for topic in Topic::ALL {
+        gossipsub
+            .subscribe(&topic.ident())
+            .map_err(|e| P2pError::Setup(format!("gossipsub subscription to {topic}: {e}")))?;
+    }
+    let local = keypair.public().to_peer_id();
+    for peer in validators.filter(|p| **p != local) {
+        gossipsub.add_explicit_peer(peer);
+    }
+    Ok(gossipsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::keypair_from_seed;
+
+    fn msg(source: u8, topic: Topic, data: &[u8], seqno: u64) -> gossipsub::Message {
+        let (keypair, _) = keypair_from_seed(&[source; 32]).unwrap();
+        gossipsub::Message {
+            source: Some(keypair.public().to_peer_id()),
+            data: data.to_vec(),
+            sequence_number: Some(seqno),
+            topic: topic.hash(),
+        }
+    }
+
+    #[test]
+    fn topics_round_trip() {
+        assert_eq!(Topic::Attestations.name(), "bizra/attestations/1");
+        assert_eq!(Topic::Finality.name(), "bizra/finality/1");
+        for t in Topic::ALL {
+            assert_eq!(Topic::from_hash(&t.hash()), Some(t));
+            assert_eq!(t.ident().hash(), t.hash());
+        }
+        assert_eq!(Topic::from_hash(&TopicHash::from_raw("other")), None);
+    }
+
+    #[test]
+    fn message_ids_separate_authors_and_topics_not_sequence_numbers() {
+        let base = message_id(&msg(1, Topic::Attestations, b"x", 1));
+        // Same author, same bytes, a later publication: the same message.
+        assert_eq!(base, message_id(&msg(1, Topic::Attestations, b"x", 2)));
+        // Another author, topic or payload: another message.
+        assert_ne!(base, message_id(&msg(2, Topic::Attestations, b"x", 1)));
+        assert_ne!(base, message_id(&msg(1, Topic::Finality, b"x", 1)));
+        assert_ne!(base, message_id(&msg(1, Topic::Attestations, b"y", 1)));
+        // What the sender predicts is what everyone computes.
+        let (keypair, _) = keypair_from_seed(&[1; 32]).unwrap();
+        let (own, data) = own_message_id(
+            keypair.public().to_peer_id(),
+            Topic::Attestations,
+            b"x".to_vec(),
+        );
+        assert_eq!(own, base);
+        assert_eq!(data, b"x");
+    }
+
+    #[test]
+    fn dropped_verdict_reports_ignore_once() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (keypair, _) = keypair_from_seed(&[1; 32]).unwrap();
+        let via = keypair.public().to_peer_id();
+        drop(Verdict::new(MessageId::from(vec![1]), via, tx.clone()));
+        Verdict::new(MessageId::from(vec![2]), via, tx.clone()).accept();
+        Verdict::new(MessageId::from(vec![3]), via, tx.clone()).reject();
+        assert!(Verdict::new(MessageId::from(vec![4]), via, tx)
+            .disarm()
+            .is_some());
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| (c.id, c.acceptance))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (MessageId::from(vec![1]), MessageAcceptance::Ignore),
+                (MessageId::from(vec![2]), MessageAcceptance::Accept),
+                (MessageId::from(vec![3]), MessageAcceptance::Reject),
+            ]
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! The `finality` tree: this validator's own finality votes, the votes it
+//! received, finality certificates, and divergence evidence.
+//!
+//! Owns: the key layout and record encoding of the `finality` tree, the
+//! durable write of own votes ([`FinalityTables::record_own_votes`]: it
+//! refuses a second, different block hash for a height, and returns only
+//! once the vote is on disk), and the bounds on what peers can make this
+//! node store. Must not: check signatures, decide who the voters are, or
+//! compare a vote with the chain (the node's finality service does that and
+//! hands over only votes it has checked); it never reads the clock.
+//!
+//! Keys (one tree):
+//! ```text
+//! 'O' ‖ height (u64 BE)                     → OwnVote
+//! 'V' ‖ height ‖ validator (32)             → ReceivedVote (removed once 'C' exists)
+//! 'C' ‖ height                              → Certificate
+//! 'D' ‖ height ‖ validator                  → DivergenceEvidence (the first one)
+//! "Mfinalized"                              → u64 BE: every height 1..=it has a 'C'
+//! ```
+//! Values are encoded with `bizra_crypto::codec`.
+//!
+//! Durability: own votes are synced before [`FinalityTables::record_own_votes`]
+//! returns (DESIGN.md: a validator never signs two different block hashes
+//! for one height, even across restarts, because its votes are recorded
+//! durably before they are sent). Received votes, certificates and evidence
+//! are not synced on write: after a power loss they are gathered again
+//! from peers (the node re-publishes its votes for heights it has no
+//! certificate for, and peers answer with theirs).
+//!
+//! One writer: the node's finality service. Own votes are checked and
+//! written in one sled transaction, so even concurrent writers could not
+//! record two hashes for one height; the other writes assume one writer.
+
+use bizra_crypto::{hex, Certificate, FinalityVote, Hash};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::error::{Result, StorageError};
+use crate::store::Store;
+
+/// Received votes for heights more than this far above the local head are
+/// not stored: a peer cannot fill the disk with votes for blocks that do
+/// not exist yet. Votes that far ahead are gathered again once the blocks
+/// are applied (peers re-publish, or answer with certificates).
+pub const MAX_VOTES_AHEAD: u64 = 1024;
+
+mod key {
+    pub(super) const OWN: u8 = b'O';
+    pub(super) const VOTE: u8 = b'V';
+    pub(super) const CERTIFICATE: u8 = b'C';
+    pub(super) const DIVERGENCE: u8 = b'D';
+    pub(super) const FINALIZED: &[u8] = b"Mfinalized";
+
+    pub(super) fn height(prefix: u8, height: u64) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[0] = prefix;
+        k[1..].copy_from_slice(&height.to_be_bytes());
+        k
+    }
+
+    pub(super) fn height_validator(prefix: u8, height: u64, validator: &[u8; 32]) -> [u8; 41] {
+        let mut k = [0u8; 41];
+        k[..9].copy_from_slice(&self::height(prefix, height));
+        k[9..].copy_from_slice(validator);
+        k
+    }
+}
+
+/// One of this validator's own votes: what it signed for a height.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnVote {
+    /// The block height voted for.
+    pub height: u64,
+    /// The block hash voted for.
+    pub block_hash: Hash,
+    /// The signed vote.
+    pub vote: FinalityVote,
+}
+
+/// A vote received from a validator (or this node's own, counted like any
+/// other), already checked by the caller against the local chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedVote {
+    /// The block hash the vote is for.
+    pub block_hash: Hash,
+    /// The signed vote.
+    pub vote: FinalityVote,
+}
+
+/// Proof that a validator signed a block hash at a height that differs
+/// from this node's own block there (PROTOCOL.md "Finality": stored,
+/// counted, logged at error level, never ignored). Kept so an operator can
+/// show it to others: the vote's signature makes it self-certifying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergenceEvidence {
+    /// The height.
+    pub height: u64,
+    /// This node's block hash at that height.
+    pub local_hash: Hash,
+    /// The hash the vote is for.
+    pub block_hash: Hash,
+    /// The vote (its signature covers `height` and `block_hash`).
+    pub vote: FinalityVote,
+}
+
+/// What [`FinalityTables::record_vote`] did with a received vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteRecord {
+    /// Stored: the first vote of this validator at this height.
+    New,
+    /// The same vote (same validator, height and hash) was stored already.
+    Known,
+    /// A certificate for the height is stored; the vote is not needed.
+    Certified,
+    /// Not stored: the height is more than [`MAX_VOTES_AHEAD`] above the
+    /// head given.
+    TooFarAhead,
+    /// Not stored: this validator's vote for another hash at this height is
+    /// stored (the validator signed two hashes for one height).
+    Conflicting {
+        /// The hash of the vote already stored.
+        recorded: Hash,
+    },
+}
+
+/// Why recording an own vote failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnVoteError {
+    /// This validator already recorded a vote for another hash at this
+    /// height: signing this one would equivocate, so it must not be sent.
+    #[error(
+        "refusing to vote for block {} at height {height}: this validator already voted for block {} at that height",
+        hex::encode(.requested),
+        hex::encode(.recorded)
+    )]
+    Conflict {
+        /// The height.
+        height: u64,
+        /// The hash already voted for.
+        recorded: Hash,
+        /// The hash of the refused vote.
+        requested: Hash,
+    },
+    /// The disk failed; the node must stop.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Typed access to the `finality` tree. Cheap to clone; it keeps the
+/// database open while held (like [`crate::StateTables`]).
+#[derive(Clone)]
+pub struct FinalityTables {
+    tree: sled::Tree,
+    store: Store,
+}
+
+impl std::fmt::Debug for FinalityTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalityTables").finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
+    bizra_crypto::codec::encode(v).map_err(|e| StorageError::codec(what, e))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    bizra_crypto::codec::decode(bytes).map_err(|e| StorageError::codec(what, e))
+}
+
+impl FinalityTables {
+    pub(crate) fn new(tree: sled::Tree, store: Store) -> Self {
+        FinalityTables { tree, store }
+    }
+
+    fn get<T: DeserializeOwned>(&self, k: &[u8], what: &str) -> Result<Option<T>> {
+        match self.tree.get(k)? {
+            Some(v) => decode(what, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    // ---- own votes ----
+
+    /// This validator's vote at `height`, if it voted there.
+    pub fn own_vote(&self, height: u64) -> Result<Option<OwnVote>> {
+        self.get(&key::height(key::OWN, height), "own vote")
+    }
+
+    /// The highest height this validator voted for: where its finality
+    /// service resumes after a restart.
+    pub fn last_own_vote(&self) -> Result<Option<OwnVote>> {
+        match self.tree.scan_prefix([key::OWN]).next_back() {
+            Some(kv) => {
+                let (_, v) = kv?;
+                decode("own vote", &v).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records this validator's votes durably, all or none: refuses with
+    /// [`OwnVoteError::Conflict`] (writing nothing) if a different hash is
+    /// recorded for any of the heights; the same hash again is accepted
+    /// (a restart re-signs what it signed before, and Ed25519 gives the
+    /// same signature). Returns once the votes are on disk (flush +
+    /// fdatasync through the store's syncer), so the caller may send them.
+    pub async fn record_own_votes(
+        &self,
+        votes: &[OwnVote],
+    ) -> std::result::Result<(), OwnVoteError> {
+        if votes.is_empty() {
+            return Ok(());
+        }
+        let encoded = votes
+            .iter()
+            .map(|v| encode("own vote", v).map(|bytes| (key::height(key::OWN, v.height), bytes)))
+            .collect::<Result<Vec<_>>>()?;
+        let outcome = self.tree.transaction(|tx| {
+            for (vote, (k, bytes)) in votes.iter().zip(&encoded) {
+                match tx.get(k)? {
+                    None => {
+                        tx.insert(k.as_slice(), bytes.as_slice())?;
+                    }
+                    Some(found) => {
+                        let recorded: OwnVote = decode("own vote", &found).map_err(|e| {
+                            ConflictableTransactionError::Abort(OwnVoteError::Storage(e))
+                        })?;
+                        if recorded.block_hash != vote.block_hash {
+                            return Err(ConflictableTransactionError::Abort(
+                                OwnVoteError::Conflict {
+                                    height: vote.height,
+                                    recorded: recorded.block_hash,
+                                    requested: vote.block_hash,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StorageError::Sled(e).into()),
+        }
+        self.store.sync().await?;
+        Ok(())
+    }
+
+    // ---- received votes ----
+
+    /// Stores a checked vote of `vote.validator` for `(height, block_hash)`,
+    /// unless the height is certified already, more than
+    /// [`MAX_VOTES_AHEAD`] above `head`, or the validator's vote for
+    /// another hash is stored (see [`VoteRecord`]). At most one vote per
+    /// (height, validator) is ever stored.
+    pub fn record_vote(
+        &self,
+        head: u64,
+        height: u64,
+        block_hash: &Hash,
+        vote: &FinalityVote,
+    ) -> Result<VoteRecord> {
+        if height > head.saturating_add(MAX_VOTES_AHEAD) {
+            return Ok(VoteRecord::TooFarAhead);
+        }
+        if self
+            .tree
+            .contains_key(key::height(key::CERTIFICATE, height))?
+        {
+            return Ok(VoteRecord::Certified);
+        }
+        let k = key::height_validator(key::VOTE, height, &vote.validator);
+        let record = ReceivedVote {
+            block_hash: *block_hash,
+            vote: vote.clone(),
+        };
+        let bytes = encode("received vote", &record)?;
+        match self.tree.compare_and_swap(k, None::<&[u8]>, Some(bytes))? {
+            Ok(()) => Ok(VoteRecord::New),
+            Err(cas) => {
+                let Some(current) = cas.current else {
+                    // Removed between the look and the swap (a certificate
+                    // was stored): nothing left to count it for.
+                    return Ok(VoteRecord::Certified);
+                };
+                let found: ReceivedVote = decode("received vote", &current)?;
+                if found.block_hash == *block_hash {
+                    Ok(VoteRecord::Known)
+                } else {
+                    Ok(VoteRecord::Conflicting {
+                        recorded: found.block_hash,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The stored votes at `height`, in validator key order (empty once the
+    /// height is certified: the certificate holds them).
+    pub fn votes(&self, height: u64) -> Result<Vec<ReceivedVote>> {
+        self.tree
+            .scan_prefix(key::height(key::VOTE, height))
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("received vote", &v)
+            })
+            .collect()
+    }
+
+    // ---- certificates ----
+
+    /// The certificate of `height`, once it is finalized here.
+    pub fn certificate(&self, height: u64) -> Result<Option<Certificate>> {
+        self.get(&key::height(key::CERTIFICATE, height), "certificate")
+    }
+
+    /// Whether a certificate of `height` is stored.
+    pub fn has_certificate(&self, height: u64) -> Result<bool> {
+        Ok(self
+            .tree
+            .contains_key(key::height(key::CERTIFICATE, height))?)
+    }
+
+    /// Stores a checked certificate (the first one stored for a height is
+    /// kept), drops the received votes of its height, and returns the new
+    /// finalized height: the highest `h` such that every height `1..=h` has
+    /// a certificate. One sled batch.
+    pub fn store_certificate(&self, certificate: &Certificate) -> Result<u64> {
+        let height = certificate.height;
+        let mut finalized = self.finalized_height()?;
+        let k = key::height(key::CERTIFICATE, height);
+        if height == 0 || self.tree.contains_key(k)? {
+            return Ok(finalized);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(&k, encode("certificate", certificate)?);
+        for kv in self.tree.scan_prefix(key::height(key::VOTE, height)) {
+            let (vk, _) = kv?;
+            batch.remove(vk);
+        }
+        if height == finalized.saturating_add(1) {
+            finalized = height;
+            while self
+                .tree
+                .contains_key(key::height(key::CERTIFICATE, finalized + 1))?
+            {
+                finalized += 1;
+            }
+            batch.insert(key::FINALIZED, &finalized.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(finalized)
+    }
+
+    /// The highest height `h` such that every height `1..=h` has a stored
+    /// certificate (0 before the first). A finalized block vouches for all
+    /// before it through `parent_hash`; certificates are kept per height
+    /// anyway, so every receipt carries its own block's certificate.
+    pub fn finalized_height(&self) -> Result<u64> {
+        match self.tree.get(key::FINALIZED)? {
+            Some(v) => {
+                let arr: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                    StorageError::Corrupt(format!(
+                        "finalized height: expected 8 bytes, found {}",
+                        v.len()
+                    ))
+                })?;
+                Ok(u64::from_be_bytes(arr))
+            }
+            None => Ok(0),
+        }
+    }
+
+    // ---- divergence evidence ----
+
+    /// Stores evidence of a divergent vote; returns `false` if evidence for
+    /// that validator and height is stored already (the first is kept, so
+    /// a validator signing many hashes cannot grow the table beyond one
+    /// record per height it voted at).
+    pub fn record_divergence(&self, evidence: &DivergenceEvidence) -> Result<bool> {
+        let k = key::height_validator(key::DIVERGENCE, evidence.height, &evidence.vote.validator);
+        let bytes = encode("divergence evidence", evidence)?;
+        Ok(self
+            .tree
+            .compare_and_swap(k, None::<&[u8]>, Some(bytes))?
+            .is_ok())
+    }
+
+    /// Up to `limit` stored divergence records, lowest height first.
+    pub fn divergences(&self, limit: usize) -> Result<Vec<DivergenceEvidence>> {
+        self.tree
+            .scan_prefix([key::DIVERGENCE])
+            .take(limit)
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("divergence evidence", &v)
+            })
+            .collect()
+    }
+
+    /// How many divergence records are stored (a start value for the
+    /// node's metric; it scans them).
+    pub fn divergence_count(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for kv in self.tree.scan_prefix([key::DIVERGENCE]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bizra_crypto::SigningKey;
+
+    use super::*;
+
+    const CHAIN: Hash = [7; 32];
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn own(k: &SigningKey, height: u64, hash: Hash) -> OwnVote {
+        OwnVote {
+            height,
+            block_hash: hash,
+            vote: FinalityVote::sign(k, &CHAIN, height, &hash),
+        }
+    }
+
+    fn cert(height: u64, hash: Hash) -> Certificate {
+        Certificate {
+            height,
+            block_hash: hash,
+            votes: (1..=2)
+                .map(|i| FinalityVote::sign(&key(i), &CHAIN, height, &hash))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn own_votes_refuse_a_second_hash_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let t = store.finality();
+            let k = key(1);
+            t.record_own_votes(&[own(&k, 1, [1; 32]), own(&k, 2, [2; 32])])
+                .await
+                .expect("first votes");
+            // Same hash again: accepted (a restart re-signs the same vote).
+            t.record_own_votes(&[own(&k, 2, [2; 32])])
+                .await
+                .expect("same vote again");
+            // Another hash at a voted height: refused, and nothing of the
+            // batch is written (height 3 stays empty).
+            let err = t
+                .record_own_votes(&[own(&k, 3, [3; 32]), own(&k, 2, [9; 32])])
+                .await
+                .expect_err("a second hash at height 2");
+            match err {
+                OwnVoteError::Conflict {
+                    height,
+                    recorded,
+                    requested,
+                } => {
+                    assert_eq!((height, recorded, requested), (2, [2; 32], [9; 32]));
+                }
+                other => panic!("expected a conflict, got {other}"),
+            }
+            assert_eq!(t.own_vote(3).expect("read"), None);
+            assert_eq!(t.own_vote(2).expect("read"), Some(own(&k, 2, [2; 32])));
+            assert_eq!(t.last_own_vote().expect("read").map(|v| v.height), Some(2));
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let t = store.finality();
+        assert_eq!(t.own_vote(1).expect("read"), Some(own(&key(1), 1, [1; 32])));
+        assert!(matches!(
+            t.record_own_votes(&[own(&key(1), 1, [5; 32])]).await,
+            Err(OwnVoteError::Conflict { height: 1, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn received_votes_are_bounded_and_one_per_validator() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = store.finality();
+        let v1 = FinalityVote::sign(&key(1), &CHAIN, 5, &[5; 32]);
+        assert_eq!(
+            t.record_vote(4, 5, &[5; 32], &v1).expect("vote"),
+            VoteRecord::New
+        );
+        assert_eq!(
+            t.record_vote(4, 5, &[5; 32], &v1).expect("vote"),
+            VoteRecord::Known
+        );
+        let other = FinalityVote::sign(&key(1), &CHAIN, 5, &[6; 32]);
+        assert_eq!(
+            t.record_vote(4, 5, &[6; 32], &other).expect("vote"),
+            VoteRecord::Conflicting { recorded: [5; 32] }
+        );
+        let far = 4 + MAX_VOTES_AHEAD + 1;
+        let v_far = FinalityVote::sign(&key(1), &CHAIN, far, &[1; 32]);
+        assert_eq!(
+            t.record_vote(4, far, &[1; 32], &v_far).expect("vote"),
+            VoteRecord::TooFarAhead
+        );
+        assert!(t.votes(far).expect("read").is_empty());
+        assert_eq!(t.votes(5).expect("read").len(), 1);
+
+        // A certificate replaces the votes of its height.
+        assert_eq!(t.store_certificate(&cert(5, [5; 32])).expect("store"), 0);
+        assert!(t.votes(5).expect("read").is_empty());
+        let v2 = FinalityVote::sign(&key(2), &CHAIN, 5, &[5; 32]);
+        assert_eq!(
+            t.record_vote(5, 5, &[5; 32], &v2).expect("vote"),
+            VoteRecord::Certified
+        );
+    }
+
+    #[tokio::test]
+    async fn finalized_height_is_the_contiguous_certified_prefix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = store.finality();
+        assert_eq!(t.finalized_height().expect("read"), 0);
+        assert_eq!(t.store_certificate(&cert(2, [2; 32])).expect("store"), 0);
+        assert_eq!(t.store_certificate(&cert(3, [3; 32])).expect("store"), 0);
+        assert_eq!(t.store_certificate(&cert(1, [1; 32])).expect("store"), 3);
+        // The first certificate stored for a height is kept.
+        assert_eq!(t.store_certificate(&cert(2, [9; 32])).expect("store"), 3);
+        assert_eq!(
+            t.certificate(2).expect("read").map(|c| c.block_hash),
+            Some([2; 32])
+        );
+        assert_eq!(t.store_certificate(&cert(5, [5; 32])).expect("store"), 3);
+        assert_eq!(t.store_certificate(&cert(4, [4; 32])).expect("store"), 5);
+        assert_eq!(t.finalized_height().expect("read"), 5);
+    }
+
+    #[tokio::test]
+    async fn divergence_evidence_keeps_the_first_per_validator_and_height() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = store.finality();
+        let ev = |hash: Hash| DivergenceEvidence {
+            height: 3,
+            local_hash: [3; 32],
+            block_hash: hash,
+            vote: FinalityVote::sign(&key(2), &CHAIN, 3, &hash),
+        };
+        assert!(t.record_divergence(&ev([8; 32])).expect("store"));
+        assert!(!t.record_divergence(&ev([9; 32])).expect("store"));
+        assert_eq!(t.divergence_count().expect("count"), 1);
+        assert_eq!(t.divergences(10).expect("read"), vec![ev([8; 32])]);
+    }
+}
