@@ -86,7 +86,35 @@ enum TestnetCommand {
         /// Directory for keys, genesis, configs, data and logs (kept).
         #[arg(long, default_value = "testnet-data")]
         dir: PathBuf,
+        /// Node config override for every node, as dotted KEY=VALUE with a
+        /// TOML value (e.g. `--set block.max_delay_ms=2`); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        set: Vec<(String, toml::Value)>,
     },
+}
+
+/// Parses `KEY=VALUE` where VALUE is a TOML value (`2`, `"eu"`, `true`).
+fn parse_setting(text: &str) -> Result<(String, toml::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE, e.g. block.max_delay_ms=2"))?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(format!(
+            "`{key}` is not a dotted config key such as block.max_delay_ms"
+        ));
+    }
+    let doc: toml::Table = toml::from_str(&format!("v = {}", value.trim()))
+        .map_err(|_| format!("`{value}` is not a TOML value (strings need quotes)"))?;
+    let value = doc
+        .get("v")
+        .cloned()
+        .ok_or_else(|| format!("`{value}`: no value"))?;
+    Ok((key.to_string(), value))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -123,8 +151,12 @@ fn main() -> Result<()> {
         Command::Verify(args) => verify::verify(args),
         Command::Bench(args) => bench::run(args),
         Command::Testnet { command } => match command {
-            TestnetCommand::Up { nodes, dir } => {
-                bizra_testnet::run_up(&dir, usize::from(nodes), None).context("testnet up failed")
+            TestnetCommand::Up { nodes, dir, set } => {
+                let spec = set.into_iter().fold(
+                    bizra_testnet::ClusterSpec::new(usize::from(nodes)).dir(&dir),
+                    |spec, (key, value)| spec.node_config(&key, value),
+                );
+                bizra_testnet::run_up_with(spec, None).context("testnet up failed")
             }
         },
     }

@@ -255,8 +255,7 @@ impl Finality {
     /// Divergence seen since this data directory was created: one per
     /// stored evidence record (validator and height), plus every refusal to
     /// sign a second hash for a height in this run. For the metrics
-    /// endpoint.
-    #[allow(dead_code)] // read by GET /metrics once it exists
+    /// endpoint and `node_status`.
     pub(crate) fn divergence_count(&self) -> u64 {
         self.divergences.load(Ordering::Relaxed)
     }

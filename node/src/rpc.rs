@@ -412,6 +412,7 @@ fn node_status(node: &Node) -> Value {
         "head_height": head.as_ref().map(|b| b.header.height).unwrap_or(0),
         "head_hash": head.as_ref().map(|b| hex::encode(&b.hash)),
         "finalized_height": node.finality.finalized_height(),
+        "divergence_evidence": node.finality.divergence_count(),
         "pending": node.pool.len(),
         "chain_id": hex::encode(&node.chain_id),
         "chain_name": node.genesis.chain_name,

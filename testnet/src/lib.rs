@@ -47,4 +47,4 @@ pub use layout::peer_id_of;
 pub use process::log_tail;
 pub use rpc::{parse_error_object, NodeStatus};
 pub use spec::{ClusterSpec, Finality, PolicySpec, RaftTiming};
-pub use up::run_up;
+pub use up::{run_up, run_up_with};

@@ -26,7 +26,19 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// SIGINT/SIGTERM handlers, so call it from a plain `main`, not inside an
 /// async runtime that handles signals itself.
 pub fn run_up(dir: &Path, nodes: usize, binary: Option<&Path>) -> Result<()> {
-    let mut spec = ClusterSpec::new(nodes).dir(dir);
+    run_up_with(ClusterSpec::new(nodes).dir(dir), binary)
+}
+
+/// [`run_up`] with a full spec (e.g. node config overrides from
+/// `bizra-node testnet up --set KEY=VALUE`); `spec.dir` must be set.
+pub fn run_up_with(mut spec: ClusterSpec, binary: Option<&Path>) -> Result<()> {
+    let Some(dir) = spec.dir.clone() else {
+        return Err(TestnetError::InvalidSpec(
+            "testnet up needs a directory".to_string(),
+        ));
+    };
+    let dir = dir.as_path();
+    let nodes = spec.nodes;
     spec.binary = binary.map(Path::to_path_buf);
     let cluster = if Cluster::exists_in(dir) {
         println!(
