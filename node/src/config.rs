@@ -173,7 +173,7 @@ impl Default for BlockSection {
         Self {
             max_attestations: 1_000,
             max_delay_ms: 0,
-            max_in_flight: 4,
+            max_in_flight: 1,
         }
     }
 }
