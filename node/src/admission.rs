@@ -36,6 +36,60 @@ pub fn check(
     Ok(att.id(chain_id))
 }
 
+/// One item of a validation batch: the attestation when it parsed, and the
+/// admission verdict.
+pub(crate) struct BatchItem {
+    pub(crate) attestation: Option<Attestation>,
+    pub(crate) result: Result<(), ApiError>,
+}
+
+/// Steps 1–4 for a batch of raw JSON texts, in the protocol's order per
+/// item: shape first (a malformed item never reaches the signature batch),
+/// then one `verify_batch` over the well-formed items, then freshness and
+/// score. Shared by `poi_validateBatch` and `POST /v1/validate/batch`.
+pub(crate) fn check_batch<'a>(
+    raws: impl IntoIterator<Item = &'a str>,
+    chain_id: &Hash,
+    policy: &Policy,
+    now_ms: u64,
+) -> Vec<BatchItem> {
+    let mut out = Vec::new();
+    let mut positions = Vec::new();
+    let mut shaped = Vec::new();
+    for (i, raw) in raws.into_iter().enumerate() {
+        match parse(raw) {
+            Ok(att) => {
+                let result = att.check_shape().map_err(ApiError::from);
+                if result.is_ok() {
+                    positions.push(i);
+                    shaped.push(att.clone());
+                }
+                out.push(BatchItem {
+                    attestation: Some(att),
+                    result,
+                });
+            }
+            Err(e) => out.push(BatchItem {
+                attestation: None,
+                result: Err(e),
+            }),
+        }
+    }
+    let signatures = bizra_crypto::verify_batch(chain_id, &shaped);
+    for ((i, att), signature_ok) in positions.into_iter().zip(&shaped).zip(signatures) {
+        let checked = if signature_ok {
+            check_freshness(att.timestamp_ms, policy, now_ms)
+                .and_then(|()| check_score(att.ahsan_score, policy))
+        } else {
+            Err(ApiError::InvalidSignature)
+        };
+        if let Some(item) = out.get_mut(i) {
+            item.result = checked;
+        }
+    }
+    out
+}
+
 /// Step 3: `now - max_age <= timestamp <= now + max_future_skew`.
 pub(crate) fn check_freshness(
     timestamp_ms: u64,
@@ -99,6 +153,7 @@ struct Job {
 pub struct Admitter {
     tx: mpsc::Sender<Job>,
     capacity: usize,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Admitter {
@@ -113,12 +168,42 @@ impl Admitter {
     ) -> (Admitter, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(capacity);
         let task = run_verifier(rx, chain_id, policy, parallel.max(1), shutdown);
-        (Admitter { tx, capacity }, task)
+        (
+            Admitter {
+                tx,
+                capacity,
+                metrics: None,
+            },
+            task,
+        )
+    }
+
+    /// Counts every decision in `bizra_admissions_total` from now on.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Attestations waiting for verification (`bizra_admission_queue_depth`).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
     }
 
     /// Runs the admission checks (shape → signature → freshness → score)
     /// and returns the attestation id.
     pub async fn check(&self, attestation: Attestation, checks: Checks) -> Result<Hash, ApiError> {
+        let result = self.check_uncounted(attestation, checks).await;
+        if let Some(m) = &self.metrics {
+            m.admission(checks.into(), &result);
+        }
+        result
+    }
+
+    async fn check_uncounted(
+        &self,
+        attestation: Attestation,
+        checks: Checks,
+    ) -> Result<Hash, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             attestation,

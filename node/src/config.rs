@@ -66,6 +66,12 @@ pub struct RpcSection {
     pub max_body_bytes: u32,
     /// Most concurrent client connections.
     pub max_connections: u32,
+    /// Service objective latency: a client request answered slower than
+    /// this counts against `ahsan_compliance_score`.
+    pub latency_objective_ms: u64,
+    /// `GET /ready` answers 503 when the applied index trails the log by
+    /// more than this many Raft entries.
+    pub ready_max_lag_entries: u64,
 }
 
 /// `[raft]`: timing of elections and heartbeats, snapshot policy.
@@ -143,6 +149,8 @@ impl Default for RpcSection {
             listen: "127.0.0.1:7710".to_string(),
             max_body_bytes: 4 << 20,
             max_connections: 1_024,
+            latency_objective_ms: 50,
+            ready_max_lag_entries: 100,
         }
     }
 }
@@ -273,6 +281,18 @@ impl Config {
             64 << 20,
         )?;
         in_range("rpc.max_connections", self.rpc.max_connections, 1, 100_000)?;
+        in_range(
+            "rpc.latency_objective_ms",
+            self.rpc.latency_objective_ms,
+            1,
+            600_000,
+        )?;
+        in_range(
+            "rpc.ready_max_lag_entries",
+            self.rpc.ready_max_lag_entries,
+            0,
+            10_000_000,
+        )?;
         in_range("raft.heartbeat_ms", self.raft.heartbeat_ms, 10, 10_000)?;
         in_range(
             "raft.election_timeout_min_ms",

@@ -12,13 +12,16 @@ pub mod config;
 pub mod error;
 mod finality;
 mod gossip;
+mod health;
 pub mod keyfile;
+mod metrics;
 mod net;
 mod node;
 mod openrpc;
 mod pool;
 mod proposer;
 mod receipt;
+mod rest;
 mod rpc;
 pub mod submit;
 mod subscriptions;
@@ -166,6 +169,9 @@ pub async fn run(
     let parallel = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
+        config.rpc.latency_objective_ms,
+    )));
     let (admitter, verifier_loop) = admission::Admitter::start(
         chain_id,
         genesis.policy.clone(),
@@ -173,6 +179,7 @@ pub async fn run(
         parallel,
         stop_rx.clone(),
     );
+    let admitter = admitter.with_metrics(metrics.clone());
     let (gossip_out, gossip_rx) = gossip::GossipOut::new();
     let (finality, finality_loop) = finality::finality(
         finality::FinalityConfig {
@@ -199,11 +206,17 @@ pub async fn run(
         reader,
         p2p: p2p.clone(),
         admitter,
-        pool: pool::Pool::new(config.admission.queue_capacity),
+        pool: pool::Pool::new(config.admission.queue_capacity)
+            .with_commit_latency(metrics.submit_commit_latency.clone()),
         gossip: gossip_out,
         wake_proposer: tokio::sync::Notify::new(),
         finality,
         commit_timeout: Duration::from_millis(config.admission.commit_timeout_ms),
+        metrics,
+        ops: health::OpsConfig {
+            ready_max_lag_entries: config.rpc.ready_max_lag_entries,
+            db_dir: db_dir.clone(),
+        },
     });
 
     let mut tasks = tasks::Tasks::default();

@@ -36,4 +36,8 @@ pub(crate) struct Node {
     /// Finality votes, certificates and the finalized height.
     pub(crate) finality: crate::finality::Finality,
     pub(crate) commit_timeout: Duration,
+    /// Prometheus metrics, bumped where things happen (never read back).
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Settings of `GET /metrics` and `GET /ready`.
+    pub(crate) ops: crate::health::OpsConfig,
 }

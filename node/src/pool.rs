@@ -56,6 +56,8 @@ pub(crate) struct Pool {
     inner: Mutex<Inner>,
     capacity: usize,
     max_waiters: usize,
+    /// `bizra_submit_commit_latency_seconds`, when metrics are on.
+    commit_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Pool {
@@ -66,7 +68,17 @@ impl Pool {
             inner: Mutex::new(Inner::default()),
             capacity,
             max_waiters: capacity,
+            commit_latency: None,
         }
+    }
+
+    /// Observes admission → applied time of every committed entry into `h`.
+    pub(crate) fn with_commit_latency(
+        mut self,
+        h: prometheus_client::metrics::histogram::Histogram,
+    ) -> Pool {
+        self.commit_latency = Some(h);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -175,6 +187,9 @@ impl Pool {
         let mut inner = self.lock();
         if let Some(e) = inner.entries.remove(id) {
             inner.order.remove(&e.seq);
+            if let Some(h) = &self.commit_latency {
+                h.observe(e.admitted.elapsed().as_secs_f64());
+            }
         }
         if let Some(waiters) = inner.waiters.remove(id) {
             for tx in waiters {

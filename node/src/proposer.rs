@@ -87,8 +87,12 @@ async fn propose(node: &Node, batch: Vec<(Hash, bizra_crypto::Attestation)>) {
         proposed_at_ms: crate::now_ms(),
         proposer: node.public_key,
     };
+    let started = std::time::Instant::now();
     match node.raft.client_write(Request::Block(proposal)).await {
         Ok(resp) => {
+            node.metrics
+                .block_apply_latency
+                .observe(started.elapsed().as_secs_f64());
             for (id, outcome) in ids.iter().zip(resp.data.outcomes) {
                 match outcome {
                     // The follower task settles it when it reads the block.
@@ -134,6 +138,10 @@ pub(crate) async fn run_follower(node: Arc<Node>, mut shutdown: watch::Receiver<
         for height in done.saturating_add(1)..=now {
             match node.reader.block(height) {
                 Ok(Some(block)) => {
+                    node.metrics.blocks_committed.inc();
+                    node.metrics
+                        .attestations_committed
+                        .inc_by(block.ids.len() as u64);
                     for (index, id) in block.ids.iter().enumerate() {
                         node.pool.committed(
                             id,

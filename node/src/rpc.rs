@@ -59,6 +59,12 @@ pub(crate) async fn start(
         .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
     let http = tower::ServiceBuilder::new()
         .layer(HealthLayer)
+        .layer(crate::health::OpsLayer::new(node.clone()))
+        .layer(crate::rest::RestLayer::new(
+            node.chain_id,
+            node.genesis.policy.clone(),
+            limits.max_body_bytes,
+        ))
         .layer(BodyLimitLayer {
             max_body_bytes: limits.max_body_bytes,
         });
@@ -83,6 +89,9 @@ pub(crate) async fn start(
     let server = Server::builder()
         .set_config(server_config)
         .set_http_middleware(http)
+        .set_rpc_middleware(jsonrpsee::core::middleware::RpcServiceBuilder::new().layer(
+            crate::metrics::RpcAccountingLayer::new(node.metrics.clone()),
+        ))
         .build_from_tcp(listener)
         .map_err(|e| e.to_string())?;
     let mut module = module(node).map_err(|e| e.to_string())?;
@@ -495,46 +504,27 @@ fn validate_batch(params: &Params<'_>, node: &Node) -> RpcResult {
     let raws = batch_items(first, VALIDATE_BATCH_USAGE)?;
     let now = crate::now_ms();
     let policy = &node.genesis.policy;
-    // Admission order per item: shape first (a malformed item never reaches
-    // the signature batch), then one batch signature check over the
-    // well-formed items, then freshness and score.
-    let mut results: Vec<Value> = Vec::with_capacity(raws.len());
-    let mut positions = Vec::with_capacity(raws.len());
-    let mut shaped = Vec::with_capacity(raws.len());
-    for (i, raw) in raws.iter().enumerate() {
-        let parsed = crate::admission::parse(raw.get()).and_then(|a| {
-            a.check_shape()?;
-            Ok(a)
-        });
-        match parsed {
-            Ok(att) => {
-                positions.push(i);
-                shaped.push(att);
-                results.push(Value::Null);
-            }
-            Err(e) => results.push(json!({"valid": false, "error": e.to_result_json()})),
-        }
-    }
-    let signatures = bizra_crypto::verify_batch(&node.chain_id, &shaped);
+    let checked =
+        crate::admission::check_batch(raws.iter().map(|r| r.get()), &node.chain_id, policy, now);
     let mut valid_count = 0usize;
-    for ((i, att), signature_ok) in positions.into_iter().zip(&shaped).zip(signatures) {
-        let checked = if signature_ok {
-            crate::admission::check_freshness(att.timestamp_ms, policy, now)
-                .and_then(|()| crate::admission::check_score(att.ahsan_score, policy))
-        } else {
-            Err(ApiError::InvalidSignature)
-        };
-        let mut report = json!({
-            "valid": checked.is_ok(),
-            "id": hex::encode(&att.id(&node.chain_id)),
-            "ahsan_score": score_to_json(att.ahsan_score),
-        });
-        match checked {
-            Ok(()) => valid_count += 1,
-            Err(e) => report["error"] = e.to_result_json(),
-        }
-        results[i] = report;
-    }
+    let results: Vec<Value> = checked
+        .into_iter()
+        .map(|item| {
+            let mut report = match &item.attestation {
+                Some(att) => json!({
+                    "valid": item.result.is_ok(),
+                    "id": hex::encode(&att.id(&node.chain_id)),
+                    "ahsan_score": score_to_json(att.ahsan_score),
+                }),
+                None => json!({"valid": false}),
+            };
+            match item.result {
+                Ok(()) => valid_count += 1,
+                Err(e) => report["error"] = e.to_result_json(),
+            }
+            report
+        })
+        .collect();
     Ok(json!({
         "results": results,
         "valid_count": valid_count,
@@ -659,7 +649,7 @@ fn list_by_attester(params: &Params<'_>, node: &Node) -> RpcResult {
 /// The mean of `count` scores summing to `sum` (hundredths), rounded to the
 /// nearest hundredth with halves up, so it reads like any score: a number
 /// with at most two decimals. `count` is at least 1.
-fn mean_centi(sum: u64, count: u64) -> u16 {
+pub(crate) fn mean_centi(sum: u64, count: u64) -> u16 {
     let mean = (2 * sum + count) / (2 * count.max(1));
     // The mean of u16 values is at most u16::MAX.
     u16::try_from(mean).unwrap_or(u16::MAX)
@@ -816,8 +806,8 @@ where
 /// (most HTTP/1.1 clients) only sees the 413 if the body was consumed,
 /// otherwise closing the socket resets the connection under it. Beyond
 /// these bounds the connection is closed without an answer.
-const DRAIN_MAX_BYTES: u64 = 64 << 20;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_MAX_BYTES: u64 = 64 << 20;
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Refuses request bodies over `rpc.max_body_bytes` before they are parsed,
 /// with HTTP 413 and a JSON-RPC TOO_LARGE error (`error.data.code` like

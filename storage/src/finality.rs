@@ -1,5 +1,6 @@
-//! The `finality` tree: this validator's own finality votes, the votes it
-//! received, finality certificates, and divergence evidence.
+//! The `finality` tree: the votes this node received, finality
+//! certificates, and divergence evidence; and this validator's own finality
+//! votes, which live in their own file (`own_votes.log`, see `vote_log`).
 //!
 //! Owns: the key layout and record encoding of the `finality` tree, the
 //! durable write of own votes ([`FinalityTables::record_own_votes`]: it
@@ -11,32 +12,46 @@
 //!
 //! Keys (one tree):
 //! ```text
-//! 'O' ‖ height (u64 BE)                     → OwnVote
-//! 'V' ‖ height ‖ validator (32)             → ReceivedVote (removed once 'C' exists)
+//! 'V' ‖ height (u64 BE) ‖ validator (32)    → ReceivedVote (removed once 'C' exists)
 //! 'C' ‖ height                              → Certificate
 //! 'D' ‖ height ‖ validator                  → DivergenceEvidence (the first one)
 //! "Mfinalized"                              → u64 BE: every height 1..=it has a 'C'
+//! 'O' ‖ height                              → OwnVote: only in directories written by
+//!                                             earlier versions; moved at open (below)
 //! ```
 //! Values are encoded with `bizra_crypto::codec`.
 //!
 //! Durability: own votes are synced before [`FinalityTables::record_own_votes`]
 //! returns (DESIGN.md: a validator never signs two different block hashes
 //! for one height, even across restarts, because its votes are recorded
-//! durably before they are sent). Received votes, certificates and evidence
-//! are not synced on write: after a power loss they are gathered again
-//! from peers (the node re-publishes its votes for heights it has no
-//! certificate for, and peers answer with theirs).
+//! durably before they are sent): one `pwrite` + one `fdatasync` of
+//! `own_votes.log` per call, not a round of the sled syncer (which would
+//! also flush every unsynced state-machine write, and waits behind the
+//! Raft log's rounds). Received votes, certificates and evidence are not
+//! synced on write: after a power loss they are gathered again from peers
+//! (the node re-publishes its votes for heights it has no certificate for,
+//! and peers answer with theirs).
+//!
+//! Own votes stored in sled by earlier versions (`'O'` keys) are migrated
+//! once, when the store opens: appended to `own_votes.log` (same checks as
+//! a call of `record_own_votes`: a height already in the file must have
+//! the same hash, new heights must be above the file's last), synced, and
+//! only then removed from sled. If the removal is lost in a crash, the next
+//! open finds the same votes in the file and only removes them again.
+//! Ignoring them instead would let an upgraded validator forget what it
+//! signed.
 //!
 //! One writer: the node's finality service. Own votes are checked and
-//! written in one sled transaction, so even concurrent writers could not
-//! record two hashes for one height; the other writes assume one writer.
+//! appended under one lock, so even concurrent writers could not record
+//! two hashes for one height; the other writes assume one writer.
+
+use std::sync::Arc;
 
 use bizra_crypto::{hex, Certificate, FinalityVote, Hash};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Result, StorageError};
-use crate::store::Store;
+use crate::vote_log::VoteLog;
 
 /// Received votes for heights more than this far above the local head are
 /// not stored: a peer cannot fill the disk with votes for blocks that do
@@ -146,12 +161,13 @@ pub enum OwnVoteError {
     Storage(#[from] StorageError),
 }
 
-/// Typed access to the `finality` tree. Cheap to clone; it keeps the
-/// database open while held (like [`crate::StateTables`]).
+/// Typed access to the `finality` tree and the own-vote log. Cheap to
+/// clone; it keeps the database and the log open while held (like
+/// [`crate::StateTables`]).
 #[derive(Clone)]
 pub struct FinalityTables {
     tree: sled::Tree,
-    store: Store,
+    own: Arc<VoteLog>,
 }
 
 impl std::fmt::Debug for FinalityTables {
@@ -169,8 +185,8 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 }
 
 impl FinalityTables {
-    pub(crate) fn new(tree: sled::Tree, store: Store) -> Self {
-        FinalityTables { tree, store }
+    pub(crate) fn new(tree: sled::Tree, own: Arc<VoteLog>) -> Self {
+        FinalityTables { tree, own }
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8], what: &str) -> Result<Option<T>> {
@@ -182,29 +198,35 @@ impl FinalityTables {
 
     // ---- own votes ----
 
-    /// This validator's vote at `height`, if it voted there.
+    /// This validator's vote at `height`, if it voted there. Reads the
+    /// in-memory last vote, or a few records of `own_votes.log` (positional
+    /// reads, served from the page cache).
     pub fn own_vote(&self, height: u64) -> Result<Option<OwnVote>> {
-        self.get(&key::height(key::OWN, height), "own vote")
+        self.own.get(height)
     }
 
     /// The highest height this validator voted for: where its finality
-    /// service resumes after a restart.
+    /// service resumes after a restart. Kept in memory.
     pub fn last_own_vote(&self) -> Result<Option<OwnVote>> {
-        match self.tree.scan_prefix([key::OWN]).next_back() {
-            Some(kv) => {
-                let (_, v) = kv?;
-                decode("own vote", &v).map(Some)
-            }
-            None => Ok(None),
-        }
+        Ok(self.own.last())
     }
 
     /// Records this validator's votes durably, all or none: refuses with
     /// [`OwnVoteError::Conflict`] (writing nothing) if a different hash is
     /// recorded for any of the heights; the same hash again is accepted
-    /// (a restart re-signs what it signed before, and Ed25519 gives the
-    /// same signature). Returns once the votes are on disk (flush +
-    /// fdatasync through the store's syncer), so the caller may send them.
+    /// and writes nothing (a restart re-signs what it signed before, and
+    /// Ed25519 gives the same signature). Returns once the votes are on
+    /// disk (one write + `fdatasync` of `own_votes.log` for the whole
+    /// call, none if nothing is new), so the caller may send them.
+    ///
+    /// Heights not recorded yet must be above the highest recorded one and
+    /// increasing within `votes` (the finality service signs in height
+    /// order); otherwise the call fails with an I/O error of kind
+    /// `InvalidInput` and writes nothing.
+    ///
+    /// The check, write and sync run on tokio's blocking pool. If this
+    /// future is dropped meanwhile, the append still completes: the votes
+    /// may be recorded without having been sent, which is safe.
     pub async fn record_own_votes(
         &self,
         votes: &[OwnVote],
@@ -212,41 +234,17 @@ impl FinalityTables {
         if votes.is_empty() {
             return Ok(());
         }
-        let encoded = votes
-            .iter()
-            .map(|v| encode("own vote", v).map(|bytes| (key::height(key::OWN, v.height), bytes)))
-            .collect::<Result<Vec<_>>>()?;
-        let outcome = self.tree.transaction(|tx| {
-            for (vote, (k, bytes)) in votes.iter().zip(&encoded) {
-                match tx.get(k)? {
-                    None => {
-                        tx.insert(k.as_slice(), bytes.as_slice())?;
-                    }
-                    Some(found) => {
-                        let recorded: OwnVote = decode("own vote", &found).map_err(|e| {
-                            ConflictableTransactionError::Abort(OwnVoteError::Storage(e))
-                        })?;
-                        if recorded.block_hash != vote.block_hash {
-                            return Err(ConflictableTransactionError::Abort(
-                                OwnVoteError::Conflict {
-                                    height: vote.height,
-                                    recorded: recorded.block_hash,
-                                    requested: vote.block_hash,
-                                },
-                            ));
-                        }
-                    }
-                }
-            }
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StorageError::Sled(e).into()),
+        let own = self.own.clone();
+        let votes = votes.to_vec();
+        match tokio::task::spawn_blocking(move || own.append(&votes)).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(StorageError::io(
+                "append own votes to",
+                self.own.path(),
+                std::io::Error::other(e),
+            )
+            .into()),
         }
-        self.store.sync().await?;
-        Ok(())
     }
 
     // ---- received votes ----
@@ -413,11 +411,73 @@ impl FinalityTables {
     }
 }
 
+/// Own votes migrated from sled per append (about 600 KB of records).
+const MIGRATION_CHUNK: usize = 4096;
+
+/// Moves own votes that earlier versions stored in the `finality` tree
+/// (`'O'` keys) into the vote log, synced, then removes them from sled
+/// (module docs). Runs at open, before anyone can vote; a no-op (one empty
+/// prefix scan) once done.
+pub(crate) fn migrate_sled_own_votes(tree: &sled::Tree, own: &VoteLog) -> Result<()> {
+    let mut keys = Vec::new();
+    let mut votes = Vec::new();
+    for kv in tree.scan_prefix([key::OWN]) {
+        let (k, v) = kv?;
+        let vote: OwnVote = decode("own vote", &v)?;
+        if k.as_ref() != key::height(key::OWN, vote.height).as_slice() {
+            return Err(StorageError::Corrupt(format!(
+                "own vote for height {} stored under key {}",
+                vote.height,
+                hex::encode(&k)
+            )));
+        }
+        keys.push(k);
+        votes.push(vote);
+    }
+    if votes.is_empty() {
+        return Ok(());
+    }
+    // In chunks, to bound the write buffer; each is synced, and a crash
+    // in between only means the next open appends the rest.
+    for chunk in votes.chunks(MIGRATION_CHUNK) {
+        match own.append(chunk) {
+            Ok(()) => {}
+            Err(OwnVoteError::Storage(e)) => return Err(e),
+            Err(OwnVoteError::Conflict {
+                height,
+                recorded,
+                requested,
+            }) => {
+                return Err(StorageError::Corrupt(format!(
+                    "own vote at height {height}: {} holds block {}, the sled tree of an earlier version block {}",
+                    own.path().display(),
+                    hex::encode(&recorded),
+                    hex::encode(&requested)
+                )))
+            }
+        }
+    }
+    let mut batch = sled::Batch::default();
+    for k in &keys {
+        batch.remove(k);
+    }
+    tree.apply_batch(batch)?;
+    tracing::info!(
+        votes = votes.len(),
+        last_height = votes.last().map(|v| v.height),
+        path = %own.path().display(),
+        "moved own finality votes from sled to the own-vote log"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use bizra_crypto::SigningKey;
 
     use super::*;
+    use crate::store::Store;
+    use crate::vote_log::{FILE_NAME, HEADER_LEN, RECORD_LEN};
 
     const CHAIN: Hash = [7; 32];
 
@@ -443,6 +503,12 @@ mod tests {
         }
     }
 
+    fn log_len(store: &Store) -> u64 {
+        std::fs::metadata(store.dir().join(FILE_NAME))
+            .expect("the own-vote log exists")
+            .len()
+    }
+
     #[tokio::test]
     async fn own_votes_refuse_a_second_hash_and_survive_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -450,13 +516,24 @@ mod tests {
             let store = Store::open(dir.path()).expect("open");
             let t = store.finality();
             let k = key(1);
+            let syncer_rounds = store.sync_count();
             t.record_own_votes(&[own(&k, 1, [1; 32]), own(&k, 2, [2; 32])])
                 .await
                 .expect("first votes");
-            // Same hash again: accepted (a restart re-signs the same vote).
+            // One fdatasync of the log for the call, no round of the sled
+            // syncer.
+            assert_eq!(t.own.sync_count(), 1);
+            assert_eq!(store.sync_count(), syncer_rounds);
+            assert_eq!(log_len(&store), HEADER_LEN + 2 * RECORD_LEN as u64);
+            // Same hash again: accepted (a restart re-signs the same vote),
+            // and nothing is written or synced.
             t.record_own_votes(&[own(&k, 2, [2; 32])])
                 .await
                 .expect("same vote again");
+            t.record_own_votes(&[own(&k, 1, [1; 32]), own(&k, 2, [2; 32])])
+                .await
+                .expect("same votes again");
+            assert_eq!(t.own.sync_count(), 1);
             // Another hash at a voted height: refused, and nothing of the
             // batch is written (height 3 stays empty).
             let err = t
@@ -476,14 +553,220 @@ mod tests {
             assert_eq!(t.own_vote(3).expect("read"), None);
             assert_eq!(t.own_vote(2).expect("read"), Some(own(&k, 2, [2; 32])));
             assert_eq!(t.last_own_vote().expect("read").map(|v| v.height), Some(2));
+            assert_eq!(t.own.sync_count(), 1);
+            assert_eq!(log_len(&store), HEADER_LEN + 2 * RECORD_LEN as u64);
+            // A mix of a recorded height and new ones: only the new ones
+            // are written, in one sync.
+            t.record_own_votes(&[
+                own(&k, 2, [2; 32]),
+                own(&k, 3, [3; 32]),
+                own(&k, 4, [4; 32]),
+            ])
+            .await
+            .expect("old and new");
+            assert_eq!(t.own.sync_count(), 2);
+            assert_eq!(log_len(&store), HEADER_LEN + 4 * RECORD_LEN as u64);
         }
         let store = Store::open(dir.path()).expect("reopen");
         let t = store.finality();
         assert_eq!(t.own_vote(1).expect("read"), Some(own(&key(1), 1, [1; 32])));
+        assert_eq!(
+            t.last_own_vote().expect("read"),
+            Some(own(&key(1), 4, [4; 32]))
+        );
         assert!(matches!(
             t.record_own_votes(&[own(&key(1), 1, [5; 32])]).await,
             Err(OwnVoteError::Conflict { height: 1, .. })
         ));
+        // All or nothing after a reopen too.
+        assert!(matches!(
+            t.record_own_votes(&[own(&key(1), 5, [5; 32]), own(&key(1), 3, [6; 32])])
+                .await,
+            Err(OwnVoteError::Conflict { height: 3, .. })
+        ));
+        assert_eq!(t.own_vote(5).expect("read"), None);
+        assert_eq!(t.own.sync_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn out_of_order_own_votes_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        let t = store.finality();
+        let k = key(1);
+        t.record_own_votes(&[own(&k, 5, [5; 32])])
+            .await
+            .expect("vote");
+        for votes in [
+            vec![own(&k, 4, [4; 32])],
+            vec![own(&k, 7, [7; 32]), own(&k, 6, [6; 32])],
+        ] {
+            let err = t.record_own_votes(&votes).await.expect_err("out of order");
+            assert!(
+                matches!(&err, OwnVoteError::Storage(StorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::InvalidInput),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("increasing height order"), "{err}");
+        }
+        assert_eq!(t.own_vote(7).expect("read"), None);
+        assert_eq!(log_len(&store), HEADER_LEN + RECORD_LEN as u64);
+    }
+
+    /// A data directory of an earlier version holds own votes in sled
+    /// ('O' keys): the store moves them to the log once, at open.
+    #[tokio::test]
+    async fn own_votes_in_sled_are_migrated_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k = key(1);
+        let old: Vec<OwnVote> = (1..=3).map(|h| own(&k, h, [h as u8; 32])).collect();
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let tree = &store.finality().tree;
+            for v in &old {
+                tree.insert(
+                    key::height(key::OWN, v.height),
+                    encode("own vote", v).expect("encode"),
+                )
+                .expect("insert");
+            }
+            store.sync().await.expect("sync");
+        }
+        let store = Store::open(dir.path()).expect("reopen: migrates");
+        let t = store.finality();
+        assert_eq!(t.last_own_vote().expect("read"), Some(old[2].clone()));
+        assert_eq!(t.own_vote(2).expect("read"), Some(old[1].clone()));
+        assert_eq!(t.own.sync_count(), 1);
+        assert_eq!(log_len(&store), HEADER_LEN + 3 * RECORD_LEN as u64);
+        assert_eq!(store.finality().tree.scan_prefix([key::OWN]).count(), 0);
+        assert!(matches!(
+            t.record_own_votes(&[own(&k, 2, [9; 32])]).await,
+            Err(OwnVoteError::Conflict { height: 2, .. })
+        ));
+        t.record_own_votes(&[own(&k, 4, [4; 32])])
+            .await
+            .expect("vote on");
+
+        // The removal from sled lost in a crash: the next open finds the
+        // same votes in the log and only removes them again.
+        for v in &old {
+            store
+                .finality()
+                .tree
+                .insert(
+                    key::height(key::OWN, v.height),
+                    encode("own vote", v).expect("encode"),
+                )
+                .expect("insert");
+        }
+        store.sync().await.expect("sync");
+        drop((t, store));
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.finality().own.sync_count(), 0);
+        assert_eq!(log_len(&store), HEADER_LEN + 4 * RECORD_LEN as u64);
+        assert_eq!(store.finality().tree.scan_prefix([key::OWN]).count(), 0);
+
+        // An old vote that contradicts the log stops the open.
+        store
+            .finality()
+            .tree
+            .insert(
+                key::height(key::OWN, 2),
+                encode("own vote", &own(&k, 2, [8; 32])).expect("encode"),
+            )
+            .expect("insert");
+        store.sync().await.expect("sync");
+        drop(store);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StorageError::Corrupt(msg)) if msg.contains("height 2")
+        ));
+    }
+
+    /// Torn tails and damaged records through the store (details in
+    /// `vote_log`'s tests).
+    #[tokio::test]
+    async fn a_torn_vote_is_dropped_and_a_damaged_older_one_stops_the_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k = key(1);
+        let path = dir.path().join(FILE_NAME);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let t = store.finality();
+            for h in 1..=3u64 {
+                t.record_own_votes(&[own(&k, h, [h as u8; 32])])
+                    .await
+                    .expect("vote");
+            }
+        }
+        let whole = std::fs::read(&path).expect("read");
+        // A crash in the middle of appending height 4.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&[0x55; RECORD_LEN / 2]);
+        std::fs::write(&path, &torn).expect("write");
+        {
+            let store = Store::open(dir.path()).expect("reopen");
+            let t = store.finality();
+            assert_eq!(std::fs::read(&path).expect("read"), whole);
+            for h in 1..=3u64 {
+                assert_eq!(
+                    t.own_vote(h).expect("read"),
+                    Some(own(&k, h, [h as u8; 32]))
+                );
+            }
+            assert_eq!(t.last_own_vote().expect("read").map(|v| v.height), Some(3));
+        }
+        // A flipped byte in the vote of height 2, which was followed by
+        // another append: it was acknowledged, so this is corruption.
+        let mut damaged = whole.clone();
+        let offset = HEADER_LEN as usize + RECORD_LEN + 100;
+        damaged[offset] ^= 1;
+        std::fs::write(&path, &damaged).expect("write");
+        match Store::open(dir.path()) {
+            Err(StorageError::Corrupt(msg)) => {
+                assert!(msg.contains(&path.display().to_string()), "{msg}");
+                assert!(
+                    msg.contains(&format!("offset {}:", HEADER_LEN as usize + RECORD_LEN)),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).expect("read"), damaged);
+    }
+
+    #[tokio::test]
+    async fn own_vote_lookups_after_ten_thousand_votes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k = key(3);
+        let hash = |h: u64| {
+            let mut hash = [0u8; 32];
+            hash[24..].copy_from_slice(&h.to_be_bytes());
+            hash
+        };
+        let store = Store::open(dir.path()).expect("open");
+        let t = store.finality();
+        let all: Vec<OwnVote> = (1..=10_000u64).map(|h| own(&k, h, hash(h))).collect();
+        for chunk in all.chunks(256) {
+            t.record_own_votes(chunk).await.expect("votes");
+        }
+        assert_eq!(t.own.sync_count(), all.len().div_ceil(256) as u64);
+        drop((t, store));
+        let store = Store::open(dir.path()).expect("reopen");
+        let t = store.finality();
+        for v in &all {
+            assert_eq!(t.own_vote(v.height).expect("read").as_ref(), Some(v));
+        }
+        assert_eq!(t.own_vote(0).expect("read"), None);
+        assert_eq!(t.own_vote(10_001).expect("read"), None);
+        assert_eq!(t.last_own_vote().expect("read").as_ref(), all.last());
+        // The same hash again for an old height: accepted, nothing written.
+        t.record_own_votes(&all[17..20]).await.expect("again");
+        assert!(matches!(
+            t.record_own_votes(&[own(&k, 1234, [0; 32])]).await,
+            Err(OwnVoteError::Conflict { height: 1234, .. })
+        ));
+        assert_eq!(t.own.sync_count(), 0);
     }
 
     #[tokio::test]
@@ -559,5 +842,73 @@ mod tests {
         assert!(!t.record_divergence(&ev([9; 32])).expect("store"));
         assert_eq!(t.divergence_count().expect("count"), 1);
         assert_eq!(t.divergences(10).expect("read"), vec![ev([8; 32])]);
+    }
+
+    /// Time per `record_own_votes` call with one vote: on an idle store,
+    /// with 64 KiB of unsynced sled data written before each call (what a
+    /// block's state-machine writes leave dirty), and with another task
+    /// appending 64 KiB + syncing through the store's syncer in a loop (the
+    /// Raft log's group-commit rounds). Prints numbers, asserts no time;
+    /// results in docs/DURABILITY.md section 7.
+    /// `cargo test -p bizra-storage --lib own_vote_timing -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement; prints timings"]
+    async fn own_vote_timing() {
+        const CALLS: u64 = 400;
+        for case in ["idle", "dirty 64 KiB", "concurrent syncs"] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Store::open(dir.path()).expect("open");
+            let t = store.finality();
+            let k = key(1);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let background = (case == "concurrent syncs").then(|| {
+                let store = store.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        store
+                            .log_tree()
+                            .insert(i.to_be_bytes(), vec![i as u8; 64 * 1024])
+                            .expect("insert");
+                        store.sync().await.expect("sync");
+                    }
+                })
+            });
+            let votes: Vec<OwnVote> = (1..=CALLS)
+                .map(|h| own(&k, h, [(h % 251) as u8; 32]))
+                .collect();
+            let rounds_before = store.sync_count();
+            let mut times = Vec::with_capacity(votes.len());
+            for (i, vote) in votes.iter().enumerate() {
+                if case == "dirty 64 KiB" {
+                    store
+                        .log_tree()
+                        .insert((i as u64).to_be_bytes(), vec![i as u8; 64 * 1024])
+                        .expect("insert");
+                }
+                let start = std::time::Instant::now();
+                t.record_own_votes(std::slice::from_ref(vote))
+                    .await
+                    .expect("record");
+                times.push(start.elapsed());
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(task) = background {
+                task.await.expect("background task");
+            }
+            let rounds = store.sync_count() - rounds_before;
+            times.sort();
+            let mean = times.iter().sum::<std::time::Duration>() / times.len() as u32;
+            let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+            println!(
+                "own_vote_timing [{case}]: {CALLS} calls, mean {mean:?}, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; syncer rounds {rounds}",
+                pct(50),
+                pct(90),
+                pct(99),
+                times[times.len() - 1]
+            );
+        }
     }
 }

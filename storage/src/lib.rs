@@ -34,9 +34,12 @@
 //! started ([`Store::sync_count`] counts rounds). Raft appends go through
 //! it, and `save_vote` waits for it before returning.
 //!
-//! Own finality votes are the exception among the non-Raft trees: they are
-//! synced before they may be sent (a validator never signs two hashes for
-//! one height, even across a power loss; see `finality`).
+//! Own finality votes are not in sled: they are appended to their own file,
+//! `own_votes.log`, with one `fdatasync` per
+//! [`FinalityTables::record_own_votes`] call, before they may be sent (a
+//! validator never signs two hashes for one height, even across a power
+//! loss; see `finality` and `vote_log`). That sync covers only the votes,
+//! not sled's dirty pages, and does not queue on the syncer.
 //!
 //! The state tables are written without syncing, each applied entry as one
 //! atomic sled batch together with its log id: if a power loss rolls them
@@ -50,6 +53,7 @@ mod snapshot;
 mod state;
 mod store;
 mod syncer;
+mod vote_log;
 
 pub use error::{Result, StorageError};
 pub use finality::{

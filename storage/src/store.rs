@@ -9,10 +9,11 @@
 //! ```text
 //! dir/sled/             the sled database (trees below)
 //! dir/snapshot.current  the last state-machine snapshot (see `snapshot`)
+//! dir/own_votes.log     this validator's own finality votes (see `vote_log`)
 //! ```
 //! Trees: `raft_log` (entries, last purged id), `raft_meta` (vote,
-//! committed, chain id), `state` (state-machine tables), `finality` (own
-//! and received finality votes, certificates, divergence evidence; see
+//! committed, chain id), `state` (state-machine tables), `finality`
+//! (received finality votes, certificates, divergence evidence; see
 //! `finality`).
 
 use std::fs::File;
@@ -25,10 +26,11 @@ use bizra_crypto::Hash;
 use tokio::sync::oneshot;
 
 use crate::error::{Result, StorageError};
-use crate::finality::FinalityTables;
+use crate::finality::{migrate_sled_own_votes, FinalityTables};
 use crate::snapshot::SnapshotFile;
 use crate::state::StateTables;
 use crate::syncer::{DiskSync, SyncCallback, Syncer};
+use crate::vote_log::VoteLog;
 
 const RAFT_LOG_TREE: &str = "raft_log";
 const RAFT_META_TREE: &str = "raft_meta";
@@ -53,6 +55,7 @@ struct Inner {
     meta: sled::Tree,
     state: StateTables,
     finality: sled::Tree,
+    own_votes: Arc<VoteLog>,
     snapshot: SnapshotFile,
     // Declared last: dropped after the trees above, and its Drop joins the
     // thread so that the database is closed once the last handle is gone.
@@ -90,6 +93,10 @@ impl Store {
         let meta = db.open_tree(RAFT_META_TREE)?;
         let state = StateTables::new(db.open_tree(STATE_TREE)?);
         let finality = db.open_tree(FINALITY_TREE)?;
+        // After sled's open: its file lock keeps a second process out of
+        // the directory, so only this one checks and truncates the log.
+        let own_votes = Arc::new(VoteLog::open(dir)?);
+        migrate_sled_own_votes(&finality, &own_votes)?;
         let disk = DiskSync::new(db, &sled_dir)
             .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?;
         let syncer = Syncer::start(disk)
@@ -103,6 +110,7 @@ impl Store {
                 meta,
                 state,
                 finality,
+                own_votes,
                 snapshot,
                 syncer,
             }),
@@ -122,9 +130,9 @@ impl Store {
 
     /// The finality tables: votes, certificates, divergence evidence. Not
     /// part of state-machine snapshots (they are per-node knowledge,
-    /// gathered again from peers).
+    /// gathered again from peers; own votes stay in `own_votes.log`).
     pub fn finality(&self) -> FinalityTables {
-        FinalityTables::new(self.inner.finality.clone(), self.clone())
+        FinalityTables::new(self.inner.finality.clone(), self.inner.own_votes.clone())
     }
 
     /// The persisted state-machine snapshot.

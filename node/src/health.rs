@@ -1,0 +1,382 @@
+//! Operator endpoints on the RPC listener: `GET /metrics` (Prometheus /
+//! OpenMetrics text) and `GET /ready` (can this node serve consistent
+//! reads and writes now?). `GET /health` (process up) stays in
+//! [`crate::rpc`].
+//!
+//! Owns: refreshing the state gauges of [`crate::metrics::Metrics`] from
+//! node state just before a scrape, and the readiness rule.
+//! Must not: change node state, block the server (the database size walk
+//! runs on a blocking thread, the peer query is bounded by the p2p
+//! service's own timeout) or answer anything but those two paths; every
+//! other request passes through untouched.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::metrics::int;
+use crate::node::Node;
+
+/// Operator settings of these endpoints, from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct OpsConfig {
+    /// `rpc.ready_max_lag_entries`: most Raft entries the applied index may
+    /// trail the log and still be ready.
+    pub(crate) ready_max_lag_entries: u64,
+    /// The database directory whose size `bizra_db_size_bytes` reports.
+    pub(crate) db_dir: PathBuf,
+}
+
+/// Why `/ready` is what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
+    pub(crate) reason: Option<String>,
+}
+
+/// What readiness is decided from, read out of openraft's metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RaftView {
+    pub(crate) node_id: u64,
+    pub(crate) leader: Option<u64>,
+    pub(crate) is_leader_state: bool,
+    pub(crate) millis_since_quorum_ack: Option<u64>,
+    pub(crate) last_log_index: u64,
+    pub(crate) applied_index: u64,
+}
+
+impl RaftView {
+    fn of(node: &Node) -> RaftView {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        RaftView {
+            node_id: node.node_id,
+            leader: m.current_leader,
+            is_leader_state: m.state == openraft::ServerState::Leader,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+}
+
+/// The readiness rule: a leader is known (and, if it is this node, it last
+/// heard from a quorum within `quorum_ack_ms` when openraft measured it, so
+/// a leader cut off from its followers is not ready), and the applied index is within `max_lag` of the
+/// last log index this node knows. Pure, so it is tested without a cluster.
+pub(crate) fn readiness(v: &RaftView, max_lag: u64, quorum_ack_ms: u64) -> Readiness {
+    let not = |reason: String| Readiness {
+        ready: false,
+        reason: Some(reason),
+    };
+    let Some(leader) = v.leader else {
+        return not("no leader".into());
+    };
+    if leader == v.node_id && v.is_leader_state {
+        match v.millis_since_quorum_ack {
+            Some(ms) if ms <= quorum_ack_ms => {}
+            Some(ms) => {
+                return not(format!(
+                "leader without a quorum: last acknowledged {ms} ms ago (limit {quorum_ack_ms} ms)"
+            ))
+            }
+            // Not measured yet (just elected, or a one-node cluster).
+            None => {}
+        }
+    }
+    let lag = v.last_log_index.saturating_sub(v.applied_index);
+    if lag > max_lag {
+        return not(format!(
+            "applied index {} is {lag} entries behind the log index {} (rpc.ready_max_lag_entries = {max_lag})",
+            v.applied_index, v.last_log_index
+        ));
+    }
+    Readiness {
+        ready: true,
+        reason: None,
+    }
+}
+
+fn json_response(status: http::StatusCode, body: &Value) -> HttpResponse {
+    let mut response = HttpResponse::new(HttpBody::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET /ready`.
+fn ready(node: &Node) -> HttpResponse {
+    let v = RaftView::of(node);
+    let quorum_ack_ms = node.raft.config().election_timeout_max.saturating_mul(2);
+    let r = readiness(&v, node.ops.ready_max_lag_entries, quorum_ack_ms);
+    let mut body = json!({
+        "ready": r.ready,
+        // Strings, as in node_status: ids use all 64 bits.
+        "node_id": v.node_id.to_string(),
+        "leader": v.leader.map(|l| l.to_string()),
+        "last_log_index": v.last_log_index,
+        "applied_index": v.applied_index,
+    });
+    let status = match r.reason {
+        None => http::StatusCode::OK,
+        Some(reason) => {
+            body["reason"] = json!(reason);
+            http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    json_response(status, &body)
+}
+
+/// Bytes of the files under `dir` (two levels deep: sled keeps a flat
+/// directory plus `blobs/`); unreadable entries count as 0.
+fn dir_size(dir: &Path, depth: u8) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() && depth > 0 => dir_size(&e.path(), depth - 1),
+            _ => 0,
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Sets every state gauge from the node, then encodes all metrics.
+async fn scrape(node: Arc<Node>) -> HttpResponse {
+    let m = &node.metrics;
+    let v = RaftView::of(&node);
+    let term = node.raft.metrics().borrow().current_term;
+    m.raft_term.set(int(term));
+    m.set_leader(
+        v.leader,
+        v.leader == Some(node.node_id) && v.is_leader_state,
+    );
+    m.raft_last_log_index.set(int(v.last_log_index));
+    m.raft_applied_index.set(int(v.applied_index));
+    m.pool_pending.set(int(node.pool.len() as u64));
+    m.queue_depth.set(int(node.admitter.queue_depth() as u64));
+    m.divergence_evidence
+        .set(int(node.finality.divergence_count()));
+    let head = match node.reader.head() {
+        Ok(h) => h.map_or(0, |b| b.header.height),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot read the chain head");
+            0
+        }
+    };
+    let finalized = node.finality.finalized_height();
+    m.head_height.set(int(head));
+    m.finalized_height.set(int(finalized));
+    m.finality_lag.set(int(head.saturating_sub(finalized)));
+    match node.p2p.connected_peers().await {
+        Ok(peers) => {
+            let others: Vec<(String, String, f64)> = peers
+                .into_iter()
+                .filter(|p| p.public_key != node.public_key)
+                .map(|p| {
+                    let v = node
+                        .genesis
+                        .validators
+                        .iter()
+                        .find(|v| v.public_key == p.public_key);
+                    (
+                        v.map_or_else(|| p.peer_id.clone(), |v| v.name.clone()),
+                        v.map_or_else(String::new, |v| v.region.clone()),
+                        p.rtt_ms.unwrap_or(0.0) / 1000.0,
+                    )
+                })
+                .collect();
+            m.peers_connected.set(int(others.len() as u64));
+            m.set_peers(others);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: the p2p service did not answer"),
+    }
+    let db_dir = node.ops.db_dir.clone();
+    if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&db_dir, 2)).await {
+        m.db_size.set(int(bytes));
+    }
+    match m.encode() {
+        Ok(text) => {
+            let mut response = HttpResponse::new(HttpBody::from(text));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: encoding failed");
+            json_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "metrics encoding failed"}),
+            )
+        }
+    }
+}
+
+/// HTTP layer answering `GET /metrics` and `GET /ready`; everything else
+/// goes to the inner service.
+#[derive(Clone)]
+pub(crate) struct OpsLayer {
+    node: Arc<Node>,
+}
+
+impl OpsLayer {
+    /// Serves `node`'s metrics and readiness.
+    pub(crate) fn new(node: Arc<Node>) -> Self {
+        OpsLayer { node }
+    }
+}
+
+impl<S> tower::Layer<S> for OpsLayer {
+    type Service = Ops<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Ops {
+            inner,
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// The service made by [`OpsLayer`].
+#[derive(Clone)]
+pub(crate) struct Ops<S> {
+    inner: S,
+    node: Arc<Node>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<HttpRequest<B>> for Ops<S>
+where
+    S: tower::Service<HttpRequest<B>, Response = HttpResponse>,
+    S::Error: Into<BoxError> + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: HttpRequest<B>) -> Self::Future {
+        if req.method() == http::Method::GET {
+            match req.uri().path() {
+                "/metrics" => {
+                    let node = self.node.clone();
+                    return Box::pin(async move { Ok(scrape(node).await) });
+                }
+                "/ready" => {
+                    let response = ready(&self.node);
+                    return Box::pin(async move { Ok(response) });
+                }
+                _ => {}
+            }
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> RaftView {
+        RaftView {
+            node_id: 1,
+            leader: Some(2),
+            is_leader_state: false,
+            millis_since_quorum_ack: None,
+            last_log_index: 500,
+            applied_index: 450,
+        }
+    }
+
+    #[test]
+    fn follower_with_a_leader_and_small_lag_is_ready() {
+        assert_eq!(
+            readiness(&view(), 100, 2000),
+            Readiness {
+                ready: true,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn no_leader_is_not_ready() {
+        let v = RaftView {
+            leader: None,
+            ..view()
+        };
+        let r = readiness(&v, 100, 2000);
+        assert!(!r.ready);
+        assert_eq!(r.reason.as_deref(), Some("no leader"));
+    }
+
+    #[test]
+    fn lag_over_the_limit_is_not_ready() {
+        let v = RaftView {
+            applied_index: 399,
+            ..view()
+        };
+        let r = readiness(&v, 100, 2000);
+        assert!(!r.ready);
+        assert!(r.reason.unwrap_or_default().contains("101 entries behind"));
+        assert!(
+            readiness(
+                &RaftView {
+                    applied_index: 400,
+                    ..view()
+                },
+                100,
+                2000
+            )
+            .ready
+        );
+    }
+
+    #[test]
+    fn leader_needs_a_recent_quorum() {
+        let leader = RaftView {
+            leader: Some(1),
+            is_leader_state: true,
+            millis_since_quorum_ack: Some(10),
+            ..view()
+        };
+        assert!(readiness(&leader, 100, 2000).ready);
+        let cut_off = RaftView {
+            millis_since_quorum_ack: Some(2001),
+            ..leader
+        };
+        let r = readiness(&cut_off, 100, 2000);
+        assert!(!r.ready);
+        assert!(r.reason.unwrap_or_default().contains("without a quorum"));
+    }
+
+    #[test]
+    fn dir_size_counts_files_and_survives_a_missing_dir() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a"), [0u8; 10]).expect("write");
+        std::fs::create_dir(dir.path().join("blobs")).expect("mkdir");
+        std::fs::write(dir.path().join("blobs/b"), [0u8; 5]).expect("write");
+        assert_eq!(dir_size(dir.path(), 2), 15);
+        assert_eq!(dir_size(&dir.path().join("missing"), 2), 0);
+    }
+}

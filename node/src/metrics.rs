@@ -1,0 +1,654 @@
+//! The node's Prometheus metrics: one registry per node, the counters and
+//! histograms the hot paths bump, the gauges refreshed from node state at
+//! scrape time, and the `ahsan_compliance_score` service-objective window.
+//!
+//! Owns: metric names (`bizra_` prefix, units in names, HELP on each), the
+//! compliance window ([`ComplianceWindow`]) and the jsonrpsee RPC middleware
+//! that feeds it ([`RpcAccountingLayer`]).
+//! Must not: decide anything (no metric is ever read back by node logic),
+//! hold a lock across an `.await`, or grow with traffic: every label set is
+//! bounded (admission results, two outcomes, the genesis validators) and the
+//! compliance window is a fixed ring of per-second buckets.
+//!
+//! The HTTP side (`GET /metrics`, `GET /ready`) is [`crate::health`].
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
+use jsonrpsee::server::MethodResponse;
+use jsonrpsee::types::Request;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::api::ApiError;
+
+/// Length of the compliance window, in one-second buckets (5 minutes).
+pub(crate) const COMPLIANCE_WINDOW_SECS: u64 = 300;
+
+/// Where an admission check came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A client's submission to this node.
+    Client,
+    /// Gossip from another validator.
+    Gossip,
+}
+
+impl From<crate::admission::Checks> for Source {
+    fn from(c: crate::admission::Checks) -> Self {
+        match c {
+            crate::admission::Checks::Client => Source::Client,
+            crate::admission::Checks::Gossip => Source::Gossip,
+        }
+    }
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Gossip => "gossip",
+        }
+    }
+}
+
+/// Labels of `bizra_admissions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AdmissionLabels {
+    /// `ok` or the protocol error name (`INVALID_SIGNATURE`, …).
+    result: &'static str,
+    /// `client` or `gossip`.
+    source: &'static str,
+}
+
+/// Labels of `bizra_rpc_requests_total`: `met` (answered without a
+/// server-side error and within the objective) or `unmet`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaderLabels {
+    leader_id: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// All metrics of one node. Counters and histograms are bumped where things
+/// happen; the state gauges are set by [`crate::health`] just before each
+/// scrape is encoded, so they are never stale and cost nothing between
+/// scrapes.
+pub(crate) struct Metrics {
+    registry: Registry,
+    started: Instant,
+    latency_objective: Duration,
+    compliance: Mutex<ComplianceWindow>,
+    admissions: Family<AdmissionLabels, Counter>,
+    /// Attestations in blocks applied on this node.
+    pub(crate) attestations_committed: Counter,
+    /// Blocks applied on this node.
+    pub(crate) blocks_committed: Counter,
+    /// Leader only: proposal → committed by a majority → applied here.
+    pub(crate) block_apply_latency: Histogram,
+    /// Pool admission on this node → its block applied on this node.
+    pub(crate) submit_commit_latency: Histogram,
+    rpc_requests: Family<OutcomeLabels, Counter>,
+    compliance_score: FloatGauge,
+    pub(crate) pool_pending: Gauge,
+    pub(crate) queue_depth: Gauge,
+    pub(crate) raft_term: Gauge,
+    pub(crate) raft_is_leader: Gauge,
+    raft_leader: Family<LeaderLabels, Gauge>,
+    pub(crate) raft_last_log_index: Gauge,
+    pub(crate) raft_applied_index: Gauge,
+    pub(crate) peers_connected: Gauge,
+    peer_rtt: Family<PeerLabels, FloatGauge>,
+    pub(crate) divergence_evidence: Gauge,
+    pub(crate) head_height: Gauge,
+    pub(crate) finalized_height: Gauge,
+    pub(crate) finality_lag: Gauge,
+    pub(crate) db_size: Gauge,
+}
+
+/// A u64 as a gauge value, saturating (gauges are i64).
+pub(crate) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    /// A fresh registry; `latency_objective` is `rpc.latency_objective_ms`.
+    pub(crate) fn new(latency_objective: Duration) -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            started: Instant::now(),
+            latency_objective,
+            compliance: Mutex::new(ComplianceWindow::default()),
+            admissions: Family::default(),
+            attestations_committed: Counter::default(),
+            blocks_committed: Counter::default(),
+            // 1 ms .. ~33 s
+            block_apply_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            submit_commit_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            rpc_requests: Family::default(),
+            compliance_score: FloatGauge::default(),
+            pool_pending: Gauge::default(),
+            queue_depth: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_leader: Family::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            peers_connected: Gauge::default(),
+            peer_rtt: Family::default(),
+            divergence_evidence: Gauge::default(),
+            head_height: Gauge::default(),
+            finalized_height: Gauge::default(),
+            finality_lag: Gauge::default(),
+            db_size: Gauge::default(),
+        };
+        m.compliance_score.set(100.0);
+        r.register(
+            "bizra_admissions",
+            "Admission checks by result (ok or the protocol error name) and source (client or gossip)",
+            m.admissions.clone(),
+        );
+        r.register(
+            "bizra_attestations_committed",
+            "Attestations in blocks applied on this node since it started",
+            m.attestations_committed.clone(),
+        );
+        r.register(
+            "bizra_blocks_committed",
+            "Blocks applied on this node since it started",
+            m.blocks_committed.clone(),
+        );
+        r.register(
+            "bizra_block_apply_latency_seconds",
+            "Leader only: time from proposing a block until a majority committed it and this node applied it",
+            m.block_apply_latency.clone(),
+        );
+        r.register(
+            "bizra_submit_commit_latency_seconds",
+            "Time from admitting an attestation into this node's pool until its block was applied here",
+            m.submit_commit_latency.clone(),
+        );
+        r.register(
+            "bizra_rpc_requests",
+            "Client JSON-RPC requests by service objective outcome (met: no server-side error and within rpc.latency_objective_ms)",
+            m.rpc_requests.clone(),
+        );
+        r.register(
+            "ahsan_compliance_score",
+            "Percentage (0-100) of client JSON-RPC requests over the last 5 minutes that met the service objective; 100 when there were none",
+            m.compliance_score.clone(),
+        );
+        r.register(
+            "bizra_pool_pending_attestations",
+            "Admitted attestations waiting in this node's pool for a block",
+            m.pool_pending.clone(),
+        );
+        r.register(
+            "bizra_admission_queue_depth",
+            "Attestations waiting for signature verification in the admission queue",
+            m.queue_depth.clone(),
+        );
+        r.register("bizra_raft_term", "Current Raft term", m.raft_term.clone());
+        r.register(
+            "bizra_raft_is_leader",
+            "1 if this node is the Raft leader, else 0",
+            m.raft_is_leader.clone(),
+        );
+        r.register(
+            "bizra_raft_leader",
+            "1 for the Raft leader this node knows (label leader_id, the node id); absent when none is known",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "bizra_raft_last_log_index",
+            "Index of the last entry in this node's Raft log",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "bizra_raft_applied_index",
+            "Index of the last Raft entry applied to this node's state machine",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "bizra_peers_connected",
+            "Other validators this node is connected to",
+            m.peers_connected.clone(),
+        );
+        r.register(
+            "bizra_peer_rtt_seconds",
+            "Round-trip time to each connected validator (label peer: its genesis name, region: its genesis region)",
+            m.peer_rtt.clone(),
+        );
+        r.register(
+            "bizra_finality_divergence_evidence",
+            "Divergence evidence records stored by this node (two votes of one validator for different blocks at one height); should stay 0",
+            m.divergence_evidence.clone(),
+        );
+        r.register(
+            "bizra_chain_head_height",
+            "Height of the latest block applied on this node",
+            m.head_height.clone(),
+        );
+        r.register(
+            "bizra_chain_finalized_height",
+            "Height of the latest block this node holds a finality certificate for",
+            m.finalized_height.clone(),
+        );
+        r.register(
+            "bizra_finality_lag_blocks",
+            "Head height minus finalized height on this node",
+            m.finality_lag.clone(),
+        );
+        r.register(
+            "bizra_db_size_bytes",
+            "Bytes used by this node's database directory",
+            m.db_size.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Counts one admission decision.
+    pub(crate) fn admission(&self, source: Source, result: &Result<bizra_crypto::Hash, ApiError>) {
+        let result = match result {
+            Ok(_) => "ok",
+            Err(e) => e.name(),
+        };
+        self.admissions
+            .get_or_create(&AdmissionLabels {
+                result,
+                source: source.label(),
+            })
+            .inc();
+    }
+
+    /// Sets the leader gauges from what this node knows.
+    pub(crate) fn set_leader(&self, leader: Option<u64>, is_self: bool) {
+        self.raft_is_leader.set(i64::from(is_self));
+        self.raft_leader.clear();
+        if let Some(id) = leader {
+            self.raft_leader
+                .get_or_create(&LeaderLabels {
+                    leader_id: id.to_string(),
+                })
+                .set(1);
+        }
+    }
+
+    /// Replaces the per-peer round-trip gauges with `peers` (name, region,
+    /// seconds); disconnected peers disappear.
+    pub(crate) fn set_peers(&self, peers: impl IntoIterator<Item = (String, String, f64)>) {
+        self.peer_rtt.clear();
+        for (peer, region, secs) in peers {
+            self.peer_rtt
+                .get_or_create(&PeerLabels { peer, region })
+                .set(secs);
+        }
+    }
+
+    /// Seconds since this registry was made: the compliance window's clock.
+    fn now_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, ComplianceWindow> {
+        // Only plain arithmetic runs under this lock; keep the data if a
+        // panic ever poisoned it.
+        self.compliance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accounts one answered client request.
+    pub(crate) fn rpc_answered(&self, server_error: bool, elapsed: Duration) {
+        let met = !server_error && elapsed <= self.latency_objective;
+        let outcome = if met { "met" } else { "unmet" };
+        self.rpc_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        let now = self.now_secs();
+        self.window().record(now, met);
+    }
+
+    /// The OpenMetrics text of every metric; refreshes the compliance score
+    /// first (the state gauges are the caller's job).
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
+        let now = self.now_secs();
+        let score = self.window().score(now);
+        self.compliance_score.set(score);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// True for JSON-RPC error codes that mean the node, not the client, failed:
+/// UNAVAILABLE, OVERLOADED (also jsonrpsee's "too many subscriptions", same
+/// code), internal, call execution failed, response too large, server busy,
+/// batch response too large. Everything else (bad params, bad signature,
+/// not found, too large a request, unknown method) is the client's.
+pub(crate) fn is_server_error(code: i32) -> bool {
+    matches!(
+        code,
+        -32005 | -32006 | -32603 | -32000 | -32008 | -32009 | -32011
+    )
+}
+
+/// The last [`COMPLIANCE_WINDOW_SECS`] seconds of request outcomes, one
+/// bucket per second in a fixed ring: constant memory whatever the load.
+/// Time is passed in (whole seconds on any monotonic clock) so the logic is
+/// tested without a clock.
+#[derive(Debug, Clone)]
+pub(crate) struct ComplianceWindow {
+    buckets: [Bucket; COMPLIANCE_WINDOW_SECS as usize],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// The second this bucket counts; stale when older than the window.
+    second: u64,
+    met: u64,
+    unmet: u64,
+}
+
+impl Default for ComplianceWindow {
+    fn default() -> Self {
+        ComplianceWindow {
+            buckets: [Bucket::default(); COMPLIANCE_WINDOW_SECS as usize],
+        }
+    }
+}
+
+impl ComplianceWindow {
+    fn slot(second: u64) -> usize {
+        (second % COMPLIANCE_WINDOW_SECS) as usize
+    }
+
+    /// Records one request answered at `now_s`.
+    pub(crate) fn record(&mut self, now_s: u64, met: bool) {
+        let b = &mut self.buckets[Self::slot(now_s)];
+        if b.second != now_s || (b.met == 0 && b.unmet == 0) {
+            *b = Bucket {
+                second: now_s,
+                met: 0,
+                unmet: 0,
+            };
+        }
+        if met {
+            b.met = b.met.saturating_add(1);
+        } else {
+            b.unmet = b.unmet.saturating_add(1);
+        }
+    }
+
+    /// (met, unmet) over the seconds `now_s - 299 ..= now_s`.
+    pub(crate) fn totals(&self, now_s: u64) -> (u64, u64) {
+        let oldest = now_s.saturating_sub(COMPLIANCE_WINDOW_SECS - 1);
+        self.buckets
+            .iter()
+            .filter(|b| b.second >= oldest && b.second <= now_s)
+            .fold((0u64, 0u64), |(m, u), b| {
+                (m.saturating_add(b.met), u.saturating_add(b.unmet))
+            })
+    }
+
+    /// Percentage of requests in the window that met the objective; 100
+    /// when there were none (a quiet node is not failing anyone).
+    pub(crate) fn score(&self, now_s: u64) -> f64 {
+        let (met, unmet) = self.totals(now_s);
+        let total = met.saturating_add(unmet);
+        if total == 0 {
+            return 100.0;
+        }
+        100.0 * met as f64 / total as f64
+    }
+}
+
+/// jsonrpsee RPC middleware that times every client call and batch and
+/// feeds [`Metrics::rpc_answered`]. A batch counts as one request (it is one
+/// HTTP round trip): unmet if any item failed server-side or the whole batch
+/// was slower than the objective. Notifications get no answer and are not
+/// counted.
+#[derive(Clone)]
+pub(crate) struct RpcAccountingLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcAccountingLayer {
+    /// Accounts into `metrics`.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        RpcAccountingLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcAccountingLayer {
+    type Service = RpcAccounting<S>;
+    fn layer(&self, service: S) -> Self::Service {
+        RpcAccounting {
+            service,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service made by [`RpcAccountingLayer`].
+#[derive(Clone)]
+pub(crate) struct RpcAccounting<S> {
+    service: S,
+    metrics: Arc<Metrics>,
+}
+
+/// The error codes of a batch response's items, without keeping the rest.
+fn batch_has_server_error(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        error: Option<Code>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: i32,
+    }
+    match serde_json::from_str::<Vec<Item>>(json) {
+        Ok(items) => items
+            .iter()
+            .any(|i| i.error.as_ref().is_some_and(|e| is_server_error(e.code))),
+        // A single error object answers a batch refused as a whole.
+        Err(_) => serde_json::from_str::<Item>(json)
+            .ok()
+            .and_then(|i| i.error)
+            .is_some_and(|e| is_server_error(e.code)),
+    }
+}
+
+impl<S> RpcServiceT for RpcAccounting<S>
+where
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+        > + Send
+        + Sync
+        + Clone
+        + 'static,
+{
+    type MethodResponse = MethodResponse;
+    type NotificationResponse = MethodResponse;
+    type BatchResponse = MethodResponse;
+
+    fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        let service = self.service.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let response = service.call(request).await;
+            let server_error = response.as_error_code().is_some_and(is_server_error);
+            metrics.rpc_answered(server_error, started.elapsed());
+            response
+        }
+    }
+
+    fn batch<'a>(&self, requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        let service = self.service.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let response = service.batch(requests).await;
+            let elapsed = started.elapsed();
+            let server_error = response.as_error_code().is_some_and(is_server_error)
+                || batch_has_server_error(response.as_json().get());
+            metrics.rpc_answered(server_error, elapsed);
+            response
+        }
+    }
+
+    fn notification<'a>(
+        &self,
+        n: Notification<'a>,
+    ) -> impl Future<Output = MethodResponse> + Send + 'a {
+        self.service.notification(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_window_scores_100() {
+        let w = ComplianceWindow::default();
+        assert_eq!(w.score(0), 100.0);
+        assert_eq!(w.score(1_000_000), 100.0);
+    }
+
+    #[test]
+    fn score_is_the_met_percentage() {
+        let mut w = ComplianceWindow::default();
+        for _ in 0..3 {
+            w.record(10, true);
+        }
+        w.record(11, false);
+        assert_eq!(w.totals(11), (3, 1));
+        assert_eq!(w.score(11), 75.0);
+    }
+
+    #[test]
+    fn old_seconds_leave_the_window() {
+        let mut w = ComplianceWindow::default();
+        w.record(5, false);
+        w.record(100, true);
+        // Second 5 is in the window up to second 304 inclusive.
+        assert_eq!(w.totals(304), (1, 1));
+        assert_eq!(w.totals(305), (1, 0));
+        assert_eq!(w.score(305), 100.0);
+        // Nothing left once second 100 is 300 s old.
+        assert_eq!(w.totals(400), (0, 0));
+        assert_eq!(w.score(400), 100.0);
+    }
+
+    #[test]
+    fn a_reused_slot_forgets_its_old_second() {
+        let mut w = ComplianceWindow::default();
+        w.record(7, false);
+        w.record(7 + COMPLIANCE_WINDOW_SECS, true);
+        assert_eq!(w.totals(7 + COMPLIANCE_WINDOW_SECS), (1, 0));
+    }
+
+    #[test]
+    fn memory_is_constant_under_load() {
+        let mut w = ComplianceWindow::default();
+        for s in 0..10_000u64 {
+            w.record(s, s % 4 != 0);
+        }
+        // The last 300 seconds: 75 unmet, 225 met.
+        assert_eq!(w.totals(9_999), (225, 75));
+        assert_eq!(
+            std::mem::size_of_val(&w),
+            std::mem::size_of::<ComplianceWindow>()
+        );
+    }
+
+    #[test]
+    fn server_errors_are_the_nodes_fault_only() {
+        for code in [-32005, -32006, -32603] {
+            assert!(is_server_error(code), "{code}");
+        }
+        for code in [
+            -32602, -32001, -32002, -32003, -32004, -32007, -32601, -32700,
+        ] {
+            assert!(!is_server_error(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn batch_errors_are_found_in_the_answer() {
+        assert!(!batch_has_server_error(
+            r#"[{"jsonrpc":"2.0","id":1,"result":{"a":[1]}},{"jsonrpc":"2.0","id":2,"error":{"code":-32001,"message":"x"}}]"#
+        ));
+        assert!(batch_has_server_error(
+            r#"[{"jsonrpc":"2.0","id":1,"result":1},{"jsonrpc":"2.0","id":2,"error":{"code":-32005,"message":"x"}}]"#
+        ));
+        assert!(!batch_has_server_error("not json"));
+    }
+
+    #[test]
+    fn slow_or_failed_requests_lower_the_score() {
+        let m = Metrics::new(Duration::from_millis(50));
+        m.rpc_answered(false, Duration::from_millis(1));
+        m.rpc_answered(true, Duration::from_millis(1));
+        m.rpc_answered(false, Duration::from_millis(51));
+        m.rpc_answered(false, Duration::from_millis(50));
+        let text = m.encode().expect("encodes");
+        assert!(
+            text.contains("bizra_rpc_requests_total{outcome=\"met\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bizra_rpc_requests_total{outcome=\"unmet\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("ahsan_compliance_score 50.0"), "{text}");
+    }
+
+    #[test]
+    fn exposition_has_help_and_type_for_every_family() {
+        let m = Metrics::new(Duration::from_millis(50));
+        m.admission(Source::Client, &Err(ApiError::InvalidSignature));
+        m.set_leader(Some(u64::MAX), true);
+        m.set_peers([("node-2".into(), "eu".into(), 0.002)]);
+        let text = m.encode().expect("encodes");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text
+            .contains("bizra_admissions_total{result=\"INVALID_SIGNATURE\",source=\"client\"} 1"));
+        assert!(text.contains(&format!(
+            "bizra_raft_leader{{leader_id=\"{}\"}} 1",
+            u64::MAX
+        )));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+            assert!(
+                name.starts_with("bizra_") || name == "ahsan_compliance_score",
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! `GET /metrics` and `GET /ready` on a real 3-node cluster: the exposition
+//! parses with a Prometheus text-format parser (`prometheus-parse`) and
+//! passes the structural rules `promtool check metrics` enforces (HELP and
+//! TYPE on every family, counters end in `_total`, no duplicate series,
+//! `# EOF` last); the families an operator alerts on are there with sane
+//! values after a few commits; readiness follows the leader.
+//!
+//! The latency objective is set far above anything a commit takes here, so
+//! `ahsan_compliance_score` depends only on errors, never on machine speed
+//! (its latency side is unit-tested in the node crate).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bizra_testnet::{wait_until, Cluster, ClusterSpec};
+use prometheus_parse::{Sample, Scrape, Value as PromValue};
+use serde_json::Value;
+
+use crate::support::{attester, commit, valid, CONVERGE, START};
+
+/// Bound on a node noticing its peers are gone and dropping its leader
+/// (several election timeouts, on a loaded CI machine).
+const LOSE_LEADER: Duration = Duration::from_secs(60);
+
+fn get(cluster: &Cluster, i: usize, path: &str) -> Result<(u16, String), String> {
+    let url = format!("{}{path}", cluster.rpc_url(i).trim_end_matches('/'));
+    match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => {
+            let status = r.status();
+            r.into_string()
+                .map(|body| (status, body))
+                .map_err(|e| format!("read {url}: {e}"))
+        }
+        Err(ureq::Error::Status(status, r)) => Ok((status, r.into_string().unwrap_or_default())),
+        Err(e) => Err(format!("GET {url}: {e}")),
+    }
+}
+
+/// Structural rules of the exposition (what `promtool check metrics`
+/// checks, for the OpenMetrics text prometheus-client writes).
+fn check_exposition(text: &str) {
+    assert!(text.ends_with("# EOF\n"), "no # EOF at the end:\n{text}");
+    let mut help = HashSet::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut series = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, doc) = rest.split_once(' ').expect("HELP name and text");
+            assert!(!doc.trim().is_empty(), "{name}: empty HELP");
+            assert!(help.insert(name.to_string()), "{name}: HELP twice");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name and kind");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "{name}: TYPE twice"
+            );
+        } else if line == "# EOF" || line.starts_with('#') {
+            continue;
+        } else {
+            let key = line.rsplit_once(' ').map_or(line, |(k, _)| k);
+            assert!(series.insert(key.to_string()), "duplicate series {key}");
+            let name = key.split('{').next().unwrap_or(key);
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+                "bad metric name {name}"
+            );
+            let family = types
+                .keys()
+                .filter(|f| name.starts_with(f.as_str()))
+                .max_by_key(|f| f.len())
+                .unwrap_or_else(|| panic!("{name}: sample without a TYPE"));
+            assert!(help.contains(family), "{family}: no HELP");
+            match types[family].as_str() {
+                "counter" => assert!(
+                    name == format!("{family}_total") || name == format!("{family}_created"),
+                    "counter sample {name} of {family} must end in _total"
+                ),
+                "histogram" => assert!(
+                    ["_bucket", "_sum", "_count", "_created"]
+                        .iter()
+                        .any(|s| name == format!("{family}{s}")),
+                    "histogram sample {name}"
+                ),
+                _ => assert_eq!(name, family, "sample {name}"),
+            }
+        }
+    }
+    for family in types.keys() {
+        assert!(
+            family.starts_with("bizra_") || family == "ahsan_compliance_score",
+            "{family}: no bizra_ prefix"
+        );
+    }
+}
+
+struct Metrics {
+    samples: Vec<Sample>,
+}
+
+impl Metrics {
+    fn scrape(cluster: &Cluster, i: usize) -> Metrics {
+        let (status, text) = get(cluster, i, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "node-{}: {text}", i + 1);
+        check_exposition(&text);
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("node-{}: /metrics does not parse: {e}", i + 1));
+        assert!(!scrape.samples.is_empty());
+        Metrics {
+            samples: scrape.samples,
+        }
+    }
+
+    fn all(&self, name: &str) -> impl Iterator<Item = &Sample> + '_ {
+        let name = name.to_string();
+        self.samples.iter().filter(move |s| s.metric == name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.all(name).next().is_some()
+    }
+
+    /// The value of the unlabelled (or only) sample of `name`.
+    fn value(&self, name: &str) -> f64 {
+        let s = self
+            .all(name)
+            .next()
+            .unwrap_or_else(|| panic!("no sample {name}"));
+        scalar(s)
+    }
+
+    /// The sum of `name` over the samples whose `label` is `value`.
+    fn sum_where(&self, name: &str, label: &str, value: &str) -> f64 {
+        self.all(name)
+            .filter(|s| s.labels.get(label) == Some(value))
+            .map(scalar)
+            .sum()
+    }
+
+    fn histogram_count(&self, name: &str) -> f64 {
+        let s = self
+            .all(name)
+            .next()
+            .unwrap_or_else(|| panic!("no histogram {name}"));
+        match &s.value {
+            PromValue::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            other => panic!("{name} is not a histogram: {other:?}"),
+        }
+    }
+}
+
+fn scalar(s: &Sample) -> f64 {
+    match s.value {
+        PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => v,
+        ref other => panic!("{} is not a scalar: {other:?}", s.metric),
+    }
+}
+
+fn ready(cluster: &Cluster, i: usize) -> Result<(u16, Value), String> {
+    let (status, body) = get(cluster, i, "/ready")?;
+    let json: Value =
+        serde_json::from_str(&body).map_err(|e| format!("/ready body {body:?}: {e}"))?;
+    Ok((status, json))
+}
+
+#[test]
+fn metrics_and_readiness_on_a_real_cluster() {
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(START)
+            .node_config("rpc.latency_objective_ms", 600_000),
+    )
+    .expect("start a 3-node cluster");
+    let leader = cluster.leader(START).expect("a leader");
+
+    let key = attester();
+    let submitted = 3;
+    for n in 0..submitted {
+        let att = valid(&cluster, &key, &format!("metrics {n}"));
+        commit(&cluster, leader, &att);
+    }
+    cluster.wait_converged(CONVERGE).expect("nodes converge");
+
+    // Every node's gauges are refreshed at scrape time; peers may still be
+    // pinging, so wait (bounded) for every node to see both others.
+    let mut leaders = 0;
+    for i in 0..cluster.len() {
+        let m = wait_until(CONVERGE, "both peers connected and measured", || {
+            let m = Metrics::scrape(&cluster, i);
+            if m.value("bizra_peers_connected") == 2.0 {
+                Ok(m)
+            } else {
+                Err(format!(
+                    "node-{} sees {} peers",
+                    i + 1,
+                    m.value("bizra_peers_connected")
+                ))
+            }
+        })
+        .expect("peers connected");
+        for family in [
+            "bizra_admissions_total",
+            "bizra_pool_pending_attestations",
+            "bizra_admission_queue_depth",
+            "bizra_raft_term",
+            "bizra_raft_last_log_index",
+            "bizra_raft_applied_index",
+            "bizra_finality_divergence_evidence",
+            "bizra_finality_lag_blocks",
+            "bizra_chain_head_height",
+            "bizra_chain_finalized_height",
+            "bizra_db_size_bytes",
+            "bizra_rpc_requests_total",
+        ] {
+            assert!(m.has(family), "node-{}: no {family}", i + 1);
+        }
+        let node = i + 1;
+        assert!(
+            m.value("bizra_attestations_committed_total") >= f64::from(submitted),
+            "node-{node}"
+        );
+        assert!(
+            m.value("bizra_blocks_committed_total") >= 1.0,
+            "node-{node}"
+        );
+        assert!(m.value("bizra_raft_term") >= 1.0, "node-{node}");
+        assert!(m.value("bizra_raft_applied_index") >= 1.0, "node-{node}");
+        assert!(
+            m.value("bizra_raft_last_log_index") >= m.value("bizra_raft_applied_index"),
+            "node-{node}"
+        );
+        assert_eq!(
+            m.value("bizra_finality_divergence_evidence"),
+            0.0,
+            "node-{node}"
+        );
+        assert!(
+            m.value("bizra_chain_head_height") >= m.value("bizra_chain_finalized_height"),
+            "node-{node}"
+        );
+        assert!(m.value("bizra_db_size_bytes") > 0.0, "node-{node}");
+        let leader_id = cluster.node_id(leader).to_string();
+        assert_eq!(
+            m.sum_where("bizra_raft_leader", "leader_id", &leader_id),
+            1.0,
+            "node-{node} names the leader"
+        );
+        leaders += m.value("bizra_raft_is_leader") as u32;
+        if i == leader {
+            assert_eq!(m.value("bizra_raft_is_leader"), 1.0);
+            assert!(
+                m.histogram_count("bizra_block_apply_latency_seconds") >= 1.0,
+                "the leader timed its proposals"
+            );
+            assert!(
+                m.sum_where("bizra_admissions_total", "result", "ok") >= f64::from(submitted),
+                "the leader admitted the submissions"
+            );
+            assert!(
+                m.histogram_count("bizra_submit_commit_latency_seconds") >= f64::from(submitted)
+            );
+        }
+        // Per-peer round trips, labelled with genesis names and regions.
+        let peers: HashSet<&str> = m
+            .all("bizra_peer_rtt_seconds")
+            .filter_map(|s| s.labels.get("peer"))
+            .collect();
+        let expected: HashSet<String> = (0..cluster.len())
+            .filter(|j| *j != i)
+            .filter_map(|j| {
+                let key = cluster.node_public_key(j);
+                let v = cluster
+                    .genesis()
+                    .validators
+                    .iter()
+                    .find(|v| v.public_key == key);
+                v.map(|v| v.name.clone())
+            })
+            .collect();
+        assert_eq!(expected.len(), 2, "genesis names both peers");
+        assert_eq!(
+            peers,
+            expected.iter().map(String::as_str).collect(),
+            "node-{node}"
+        );
+        assert!(m
+            .all("bizra_peer_rtt_seconds")
+            .all(|s| s.labels.get("region").is_some() && scalar(s) >= 0.0));
+        // Quiet and healthy: every request met the objective.
+        assert_eq!(
+            m.sum_where("bizra_rpc_requests_total", "outcome", "unmet"),
+            0.0,
+            "node-{node}"
+        );
+        assert_eq!(m.value("ahsan_compliance_score"), 100.0, "node-{node}");
+    }
+    assert_eq!(leaders, 1, "exactly one node says it leads");
+
+    // Healthy: every node is ready and says who leads.
+    for i in 0..cluster.len() {
+        let (status, body) = ready(&cluster, i).expect("GET /ready");
+        assert_eq!(status, 200, "node-{}: {body}", i + 1);
+        assert_eq!(body["ready"], true, "{body}");
+        assert_eq!(
+            body["leader"],
+            cluster.node_id(leader).to_string(),
+            "{body}"
+        );
+    }
+    // /health is untouched.
+    assert!(cluster.health(0));
+
+    // A follower whose peers are all gone loses its leader: not ready, and
+    // the body says why.
+    let lonely = (0..cluster.len())
+        .find(|i| *i != leader)
+        .expect("a follower");
+    for i in 0..cluster.len() {
+        if i != lonely {
+            cluster.kill(i).expect("kill a node");
+        }
+    }
+    let body = wait_until(LOSE_LEADER, "/ready to answer 503", || {
+        let (status, body) = ready(&cluster, lonely)?;
+        if status == 503 {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .expect("the lonely node turns unready");
+    assert_eq!(body["ready"], false, "{body}");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    // Its metrics still answer, and show it alone.
+    let m = Metrics::scrape(&cluster, lonely);
+    assert_eq!(m.value("bizra_raft_is_leader"), 0.0);
+}
