@@ -1,13 +1,12 @@
-//! Operator endpoints on the RPC listener: `GET /metrics` (Prometheus /
-//! OpenMetrics text) and `GET /ready` (can this node serve consistent
-//! reads and writes now?). `GET /health` (process up) stays in
-//! [`crate::rpc`].
+//! Operator endpoints on the RPC listener: `GET /health` (the process is
+//! up), `GET /metrics` (Prometheus / OpenMetrics text) and `GET /ready`
+//! (can this node serve consistent reads and writes now?).
 //!
 //! Owns: refreshing the state gauges of [`crate::metrics::Metrics`] from
 //! node state just before a scrape, and the readiness rule.
 //! Must not: change node state, block the server (the database size walk
 //! runs on a blocking thread, the peer query is bounded by the p2p
-//! service's own timeout) or answer anything but those two paths; every
+//! service's own timeout) or answer anything but those three paths; every
 //! other request passes through untouched.
 
 use std::future::Future;
@@ -257,7 +256,7 @@ pub(crate) struct Ops<S> {
     node: Arc<Node>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::rpc::BoxError;
 
 impl<S, B> tower::Service<HttpRequest<B>> for Ops<S>
 where
@@ -277,6 +276,16 @@ where
     fn call(&mut self, req: HttpRequest<B>) -> Self::Future {
         if req.method() == http::Method::GET {
             match req.uri().path() {
+                // Process up: answered without touching the node's state.
+                "/health" => {
+                    let mut response =
+                        HttpResponse::new(HttpBody::from(r#"{"status":"ok"}"#.to_string()));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    return Box::pin(async move { Ok(response) });
+                }
                 "/metrics" => {
                     let node = self.node.clone();
                     return Box::pin(async move { Ok(scrape(node).await) });

@@ -150,9 +150,13 @@ impl Pool {
         self.lock().entries.len()
     }
 
-    /// Takes up to `max` attestations that are not in a proposal yet, oldest
-    /// first, and marks them in flight.
-    pub(crate) fn take_for_block(&self, max: usize) -> Vec<(Hash, Attestation)> {
+    /// Walks the pool oldest first and returns up to `max` entries for
+    /// which `pick` returns true (it may mark them as it goes).
+    fn select(
+        &self,
+        max: usize,
+        mut pick: impl FnMut(&mut Entry) -> bool,
+    ) -> Vec<(Hash, Attestation)> {
         let mut inner = self.lock();
         let Inner { entries, order, .. } = &mut *inner;
         let mut out = Vec::new();
@@ -161,13 +165,18 @@ impl Pool {
                 break;
             }
             if let Some(e) = entries.get_mut(id) {
-                if !e.in_flight {
-                    e.in_flight = true;
+                if pick(e) {
                     out.push((*id, e.attestation.clone()));
                 }
             }
         }
         out
+    }
+
+    /// Takes up to `max` attestations that are not in a proposal yet, oldest
+    /// first, and marks them in flight.
+    pub(crate) fn take_for_block(&self, max: usize) -> Vec<(Hash, Attestation)> {
+        self.select(max, |e| !std::mem::replace(&mut e.in_flight, true))
     }
 
     /// A proposal failed (e.g. leadership moved): its attestations may be
@@ -217,21 +226,16 @@ impl Pool {
     /// and validators that restarted.
     pub(crate) fn due_for_regossip(&self, every: Duration, max: usize) -> Vec<Attestation> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        let Inner { entries, order, .. } = &mut *inner;
-        let mut out = Vec::new();
-        for id in order.values() {
-            if out.len() >= max {
-                break;
+        self.select(max, |e| {
+            let due = now.duration_since(e.last_gossiped) >= every;
+            if due {
+                e.last_gossiped = now;
             }
-            if let Some(e) = entries.get_mut(id) {
-                if now.duration_since(e.last_gossiped) >= every {
-                    e.last_gossiped = now;
-                    out.push(e.attestation.clone());
-                }
-            }
-        }
-        out
+            due
+        })
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
     }
 
     /// Drops entries admitted longer than `max_age` ago (no admission

@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::ApiError;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::rpc::BoxError;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send + 'static>>;
 
 /// Path of single validation.

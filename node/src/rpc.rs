@@ -58,7 +58,6 @@ pub(crate) async fn start(
         .set_nonblocking(true)
         .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
     let http = tower::ServiceBuilder::new()
-        .layer(HealthLayer)
         .layer(crate::health::OpsLayer::new(node.clone()))
         .layer(crate::rest::RestLayer::new(
             node.chain_id,
@@ -755,51 +754,8 @@ async fn node_peers(node: &Node) -> RpcResult {
     Ok(Value::Array(out))
 }
 
-/// Answers `GET /health` on the RPC listener without touching JSON-RPC.
-#[derive(Clone, Copy)]
-struct HealthLayer;
-
-impl<S> tower::Layer<S> for HealthLayer {
-    type Service = Health<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Health { inner }
-    }
-}
-
-#[derive(Clone)]
-struct Health<S> {
-    inner: S,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<S, B> tower::Service<HttpRequest<B>> for Health<S>
-where
-    S: tower::Service<HttpRequest<B>, Response = HttpResponse>,
-    S::Error: Into<BoxError> + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: HttpRequest<B>) -> Self::Future {
-        if req.method() == http::Method::GET && req.uri().path() == "/health" {
-            let response = http::Response::builder()
-                .status(http::StatusCode::OK)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(HttpBody::from(r#"{"status":"ok"}"#.to_string()));
-            return Box::pin(async move { response.map_err(Into::into) });
-        }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
-    }
-}
+/// The error type of the HTTP middleware layers.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Most bytes of an oversized body read and thrown away before answering,
 /// and for how long: a client that sends its whole body before reading
