@@ -77,6 +77,8 @@ struct Shared {
     policy: Policy,
     max_body_bytes: u32,
     batches: Arc<Semaphore>,
+    /// Where answered requests are accounted for `ahsan_compliance_score`.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl RestLayer {
@@ -89,7 +91,24 @@ impl RestLayer {
                 policy,
                 max_body_bytes,
                 batches: Arc::new(Semaphore::new(MAX_BATCHES)),
+                metrics: None,
             }),
+        }
+    }
+
+    /// Counts every answered REST request in the compliance score, like
+    /// the JSON-RPC ones: 429 and 5xx are the node's failures, other
+    /// refusals are the client's.
+    pub(crate) fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> RestLayer {
+        let shared = Shared {
+            chain_id: self.shared.chain_id,
+            policy: self.shared.policy.clone(),
+            max_body_bytes: self.shared.max_body_bytes,
+            batches: self.shared.batches.clone(),
+            metrics: Some(metrics),
+        };
+        RestLayer {
+            shared: Arc::new(shared),
         }
     }
 }
@@ -175,6 +194,9 @@ where
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status().as_u16();
+    if let Some(metrics) = &shared.metrics {
+        metrics.rpc_answered(status == 429 || status >= 500, started.elapsed());
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match context {
         Some(Ok(ctx)) => {
@@ -801,6 +823,26 @@ mod tests {
             "{}",
             r.body
         );
+    }
+
+    #[tokio::test]
+    async fn answers_count_in_the_compliance_score() {
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            std::time::Duration::from_secs(60),
+        ));
+        let layer = layer().with_metrics(metrics.clone());
+        let ok = attestation(9_900, crate::now_ms());
+        let r = send_with(&layer, Method::POST, "/v1/validate", &[], ok.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // A client error (bad JSON) still meets the objective.
+        let r = send_with(&layer, Method::POST, "/v1/validate", &[], "{".into()).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("bizra_rpc_requests_total{outcome=\"met\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("ahsan_compliance_score 100"), "{text}");
     }
 
     #[test]

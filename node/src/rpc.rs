@@ -59,11 +59,14 @@ pub(crate) async fn start(
         .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
     let http = tower::ServiceBuilder::new()
         .layer(crate::health::OpsLayer::new(node.clone()))
-        .layer(crate::rest::RestLayer::new(
-            node.chain_id,
-            node.genesis.policy.clone(),
-            limits.max_body_bytes,
-        ))
+        .layer(
+            crate::rest::RestLayer::new(
+                node.chain_id,
+                node.genesis.policy.clone(),
+                limits.max_body_bytes,
+            )
+            .with_metrics(node.metrics.clone()),
+        )
         .layer(BodyLimitLayer {
             max_body_bytes: limits.max_body_bytes,
         });
