@@ -12,6 +12,7 @@ mod verify;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use bizra_node::config::parse_setting;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// bizra-node: a validator for signed Proof-of-Impact attestations.
@@ -42,11 +43,13 @@ enum Command {
         #[arg(long)]
         config_out: Option<PathBuf>,
     },
-    /// Run the node until SIGINT or SIGTERM.
-    Start {
-        /// Config file (TOML); see docs/CONFIG.md.
-        #[arg(long, short)]
-        config: PathBuf,
+    /// Run the node until SIGINT or SIGTERM. Settings: defaults < the
+    /// config file < BIZRA_* environment variables < flags (docs/CONFIG.md).
+    Start(ConfigArgs),
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Make, sign and submit an attestation.
     Attest(client::AttestArgs),
@@ -77,6 +80,93 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective config as TOML, each value followed by where it
+    /// came from (default, file, env VAR, flag FLAG).
+    Show(ConfigArgs),
+}
+
+/// Where the settings come from: the file, then `BIZRA_*` variables, then
+/// these flags (later flags win over earlier ones).
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (TOML; optional, every key has a default); see
+    /// docs/CONFIG.md.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Set a config key, as dotted KEY=VALUE with a TOML value (e.g.
+    /// `--set block.max_delay_ms=2`); repeatable; wins over the file and
+    /// the environment.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    set: Vec<(String, toml::Value)>,
+    /// Same as `--set data_dir=PATH`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Same as `--set genesis=PATH`.
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// Same as `--set rpc.listen=ADDR`.
+    #[arg(long, value_name = "IP:PORT")]
+    rpc_listen: Option<String>,
+    /// Same as `--set p2p.listen=MULTIADDR`.
+    #[arg(long, value_name = "MULTIADDR")]
+    p2p_listen: Option<String>,
+    /// Same as `--set region=NAME`.
+    #[arg(long)]
+    region: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The effective config from the file, the process environment and
+    /// the flags (explicit flags after `--set`, so they win).
+    fn load(&self) -> Result<bizra_node::config::Effective> {
+        let mut flags: Vec<bizra_node::config::Setting> = self
+            .set
+            .iter()
+            .map(|(key, value)| bizra_node::config::Setting {
+                key: key.clone(),
+                value: value.clone(),
+                flag: format!("--set {key}"),
+            })
+            .collect();
+        let path = |p: &PathBuf| toml::Value::String(p.to_string_lossy().into_owned());
+        let explicit = [
+            ("data_dir", "--data-dir", self.data_dir.as_ref().map(path)),
+            ("genesis", "--genesis", self.genesis.as_ref().map(path)),
+            (
+                "rpc.listen",
+                "--rpc-listen",
+                self.rpc_listen.clone().map(toml::Value::String),
+            ),
+            (
+                "p2p.listen",
+                "--p2p-listen",
+                self.p2p_listen.clone().map(toml::Value::String),
+            ),
+            (
+                "region",
+                "--region",
+                self.region.clone().map(toml::Value::String),
+            ),
+        ];
+        for (key, flag, value) in explicit {
+            if let Some(value) = value {
+                flags.push(bizra_node::config::Setting {
+                    key: key.to_string(),
+                    value,
+                    flag: flag.to_string(),
+                });
+            }
+        }
+        Ok(bizra_node::config::load_layered(
+            self.config.as_deref(),
+            std::env::vars_os(),
+            &flags,
+        )?)
+    }
+}
+
+#[derive(Subcommand)]
 enum TestnetCommand {
     /// Start a local cluster of real node processes; Ctrl-C stops it.
     Up {
@@ -91,30 +181,6 @@ enum TestnetCommand {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
         set: Vec<(String, toml::Value)>,
     },
-}
-
-/// Parses `KEY=VALUE` where VALUE is a TOML value (`2`, `"eu"`, `true`).
-fn parse_setting(text: &str) -> Result<(String, toml::Value), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE, e.g. block.max_delay_ms=2"))?;
-    let key = key.trim();
-    if key.is_empty()
-        || !key
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-    {
-        return Err(format!(
-            "`{key}` is not a dotted config key such as block.max_delay_ms"
-        ));
-    }
-    let doc: toml::Table = toml::from_str(&format!("v = {}", value.trim()))
-        .map_err(|_| format!("`{value}` is not a TOML value (strings need quotes)"))?;
-    let value = doc
-        .get("v")
-        .cloned()
-        .ok_or_else(|| format!("`{value}`: no value"))?;
-    Ok((key.to_string(), value))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -138,9 +204,17 @@ fn main() -> Result<()> {
             data_dir,
             config_out,
         } => init(data_dir, config_out),
-        Command::Start { config } => {
+        Command::Start(args) => {
+            // Config errors are reported before logging starts, plainly.
+            let config = args.load()?.config;
             init_tracing(cli.log_format);
             start(config)
+        }
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => {
+            print!("{}", args.load()?.to_annotated_toml());
+            Ok(())
         }
         Command::Attest(args) => client::attest(args),
         Command::Status { rpc } => client::status(&rpc),
@@ -166,6 +240,7 @@ fn init(data_dir: PathBuf, config_out: Option<PathBuf>) -> Result<()> {
     let key_path = data_dir.join(bizra_node::keyfile::NODE_KEY_FILE);
     let key = bizra_crypto::keys::generate();
     bizra_node::keyfile::write_new(&key_path, &key)?;
+    bizra_node::datadir::ensure_format(&data_dir)?;
     let config_path = config_out.unwrap_or_else(|| {
         data_dir
             .parent()
@@ -195,8 +270,10 @@ fn init(data_dir: PathBuf, config_out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn start(config_path: PathBuf) -> Result<()> {
-    let config = bizra_node::Config::load(&config_path)?;
+fn start(config: bizra_node::Config) -> Result<()> {
+    // Lock the data directory before binding anything, so a second process
+    // on it is told about the lock, not about a busy port.
+    let data_dir = bizra_node::datadir::DataDir::open(&config.data_dir)?;
     let listener = bizra_node::bind_rpc(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,7 +281,7 @@ fn start(config_path: PathBuf) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        bizra_node::run(config, listener, shutdown_signal()).await?;
+        bizra_node::run_in(data_dir, config, listener, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     })
 }

@@ -4,6 +4,8 @@
 //! This module owns parsing and checking only; it opens no files besides the
 //! config file itself and binds no sockets.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -186,38 +188,13 @@ impl Default for BlockSection {
     }
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &'static str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::OutOfRange {
-            key,
-            value: value.to_string(),
-            range: format!("{min}..={max}"),
-        });
-    }
-    Ok(())
-}
-
 impl Config {
     /// Reads, parses and validates a config file; relative paths in it are
     /// made absolute against the file's directory so the node behaves the
-    /// same whatever its working directory.
+    /// same whatever its working directory. No environment variables or
+    /// flags apply; see [`load_layered`] for those.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Config::from_toml(&text)?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        config.resolve_paths(&base);
-        config.validate()
+        load_layered(Some(path), std::iter::empty(), &[]).map(|e| e.config)
     }
 
     /// Parses TOML text without validating ranges; unknown keys are refused.
@@ -241,8 +218,18 @@ impl Config {
         }
     }
 
-    /// Checks every value against its allowed range; the error names the key.
+    /// Checks every value against its allowed range (the ranges of
+    /// [`KEYS`]) and the cross-key rules; the error names the key.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let table = self.to_table();
+        for spec in KEYS {
+            if let Kind::Int { .. } = spec.kind {
+                let value = lookup(&table, spec.key)
+                    .cloned()
+                    .unwrap_or(toml::Value::Integer(-1));
+                check_kind(spec, &value)?;
+            }
+        }
         if self.region.is_empty() || self.region.len() > 32 {
             return Err(ConfigError::Invalid {
                 key: "region",
@@ -255,90 +242,33 @@ impl Config {
                 reason: "must be a multiaddr such as /ip4/0.0.0.0/tcp/7700".into(),
             });
         }
-        in_range(
-            "p2p.request_timeout_ms",
-            self.p2p.request_timeout_ms,
-            100,
-            600_000,
-        )?;
-        in_range(
-            "p2p.max_message_bytes",
-            self.p2p.max_message_bytes,
-            64 << 10,
-            256 << 20,
-        )?;
-        in_range(
-            "p2p.max_gossip_bytes",
-            self.p2p.max_gossip_bytes,
-            64 << 10,
-            64 << 20,
-        )?;
         self.rpc_listen_addr()?;
-        in_range(
-            "rpc.max_body_bytes",
-            self.rpc.max_body_bytes,
-            1 << 10,
-            64 << 20,
-        )?;
-        in_range("rpc.max_connections", self.rpc.max_connections, 1, 100_000)?;
-        in_range(
-            "rpc.latency_objective_ms",
-            self.rpc.latency_objective_ms,
-            1,
-            600_000,
-        )?;
-        in_range(
-            "rpc.ready_max_lag_entries",
-            self.rpc.ready_max_lag_entries,
-            0,
-            10_000_000,
-        )?;
-        in_range("raft.heartbeat_ms", self.raft.heartbeat_ms, 10, 10_000)?;
-        in_range(
-            "raft.election_timeout_min_ms",
-            self.raft.election_timeout_min_ms,
-            self.raft.heartbeat_ms + 1,
-            60_000,
-        )?;
-        in_range(
-            "raft.election_timeout_max_ms",
-            self.raft.election_timeout_max_ms,
-            self.raft.election_timeout_min_ms + 1,
-            120_000,
-        )?;
-        in_range(
-            "raft.snapshot_every_entries",
-            self.raft.snapshot_every_entries,
-            10,
-            10_000_000,
-        )?;
-        in_range(
-            "raft.max_payload_entries",
-            self.raft.max_payload_entries,
-            1,
-            10_000,
-        )?;
-        in_range(
-            "admission.queue_capacity",
-            self.admission.queue_capacity,
-            1,
-            10_000_000,
-        )?;
-        in_range(
-            "admission.commit_timeout_ms",
-            self.admission.commit_timeout_ms,
-            100,
-            600_000,
-        )?;
-        in_range(
-            "block.max_attestations",
-            self.block.max_attestations,
-            1,
-            10_000,
-        )?;
-        in_range("block.max_delay_ms", self.block.max_delay_ms, 0, 10_000)?;
-        in_range("block.max_in_flight", self.block.max_in_flight, 1, 64)?;
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms {
+            return Err(ConfigError::OutOfRange {
+                key: "raft.election_timeout_min_ms",
+                value: self.raft.election_timeout_min_ms.to_string(),
+                range: format!(
+                    "{}..=60000 (above raft.heartbeat_ms)",
+                    self.raft.heartbeat_ms + 1
+                ),
+            });
+        }
+        if self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms {
+            return Err(ConfigError::OutOfRange {
+                key: "raft.election_timeout_max_ms",
+                value: self.raft.election_timeout_max_ms.to_string(),
+                range: format!(
+                    "{}..=120000 (above raft.election_timeout_min_ms)",
+                    self.raft.election_timeout_min_ms + 1
+                ),
+            });
+        }
         Ok(self)
+    }
+
+    /// The config as a TOML table (every key present).
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("config is plain data and always serializes")
     }
 
     /// The RPC listen address as a socket address.
@@ -351,6 +281,500 @@ impl Config {
             ),
         })
     }
+}
+
+/// What a key takes, and for numbers the allowed range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A filesystem path. Relative paths resolve against the config file's
+    /// directory when they come from the file (or are defaults), against
+    /// the current directory when they come from an environment variable
+    /// or a flag.
+    Path,
+    /// A string.
+    Str,
+    /// A list of strings; in an environment variable, comma-separated.
+    StrList,
+    /// A whole number in `min..=max`.
+    Int {
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+}
+
+impl Kind {
+    fn expected(self) -> String {
+        match self {
+            Kind::Path => "a path string".into(),
+            Kind::Str => "a string".into(),
+            Kind::StrList => "a list of strings".into(),
+            Kind::Int { min, max } => format!("a whole number in {min}..={max}"),
+        }
+    }
+}
+
+/// One config key: its dotted name (also its `--set` name; its environment
+/// variable is [`env_name`] of it) and what it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Dotted key, e.g. `block.max_attestations`.
+    pub key: &'static str,
+    /// Type and range.
+    pub kind: Kind,
+}
+
+const fn int(key: &'static str, min: u64, max: u64) -> KeySpec {
+    KeySpec {
+        key,
+        kind: Kind::Int { min, max },
+    }
+}
+
+/// Every setting of [`Config`], in file order: the one table that the file,
+/// the environment variables, the flags, `config show` and docs/CONFIG.md
+/// (checked by a test) share. A unit test checks it lists exactly the
+/// fields of [`Config`].
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        key: "data_dir",
+        kind: Kind::Path,
+    },
+    KeySpec {
+        key: "genesis",
+        kind: Kind::Path,
+    },
+    KeySpec {
+        key: "region",
+        kind: Kind::Str,
+    },
+    KeySpec {
+        key: "p2p.listen",
+        kind: Kind::Str,
+    },
+    KeySpec {
+        key: "p2p.peers",
+        kind: Kind::StrList,
+    },
+    int("p2p.request_timeout_ms", 100, 600_000),
+    int("p2p.max_message_bytes", 64 << 10, 256 << 20),
+    int("p2p.max_gossip_bytes", 64 << 10, 64 << 20),
+    KeySpec {
+        key: "rpc.listen",
+        kind: Kind::Str,
+    },
+    int("rpc.max_body_bytes", 1 << 10, 64 << 20),
+    int("rpc.max_connections", 1, 100_000),
+    int("rpc.latency_objective_ms", 1, 600_000),
+    int("rpc.ready_max_lag_entries", 0, 10_000_000),
+    int("raft.heartbeat_ms", 10, 10_000),
+    // Also above raft.heartbeat_ms, and max above min (checked in validate).
+    int("raft.election_timeout_min_ms", 11, 60_000),
+    int("raft.election_timeout_max_ms", 12, 120_000),
+    int("raft.snapshot_every_entries", 10, 10_000_000),
+    int("raft.max_payload_entries", 1, 10_000),
+    int("admission.queue_capacity", 1, 10_000_000),
+    int("admission.commit_timeout_ms", 100, 600_000),
+    int("block.max_attestations", 1, 10_000),
+    int("block.max_delay_ms", 0, 10_000),
+    int("block.max_in_flight", 1, 64),
+];
+
+/// Prefix of every environment variable the node reads.
+pub const ENV_PREFIX: &str = "BIZRA_";
+
+/// `BIZRA_` variables that belong to the tooling (tests, testnet, scripts),
+/// not to the node's config; the node ignores them instead of refusing them
+/// as unknown keys.
+pub const TOOLING_ENV: &[&str] = &[
+    "BIZRA_NODE_BIN",
+    "BIZRA_TESTNET_KEEP",
+    "BIZRA_PYTHON",
+    "BIZRA_CRASH_CHILD_DIR",
+];
+
+/// Prefixes of tooling variables the node ignores (see [`TOOLING_ENV`]).
+pub const TOOLING_ENV_PREFIXES: &[&str] = &["BIZRA_EXPERIMENT_"];
+
+/// The environment variable of a dotted key: `BIZRA_` + the key upper-cased
+/// with `.` replaced by `_` (`rpc.listen` → `BIZRA_RPC_LISTEN`).
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The spec of a dotted key, if it is one.
+pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.key == key)
+}
+
+/// The spec named by an environment variable; `Ok(None)` for a variable
+/// that is not the node's (no `BIZRA_` prefix, or tooling), an error for a
+/// `BIZRA_` variable that names no key.
+pub fn env_key(name: &str) -> Result<Option<&'static KeySpec>, ConfigError> {
+    if !name.starts_with(ENV_PREFIX)
+        || TOOLING_ENV.contains(&name)
+        || TOOLING_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        return Ok(None);
+    }
+    KEYS.iter()
+        .find(|k| env_name(k.key) == name)
+        .map(Some)
+        .ok_or_else(|| ConfigError::UnknownEnv {
+            name: name.to_string(),
+        })
+}
+
+/// Where a value of the effective config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// The config file.
+    File(PathBuf),
+    /// An environment variable (its name).
+    Env(String),
+    /// A command-line flag (as written, e.g. `--rpc-listen` or
+    /// `--set block.max_delay_ms`).
+    Flag(String),
+}
+
+impl Origin {
+    /// Short form for `config show`: `default`, `file PATH`, `env NAME`,
+    /// `flag FLAG`.
+    pub fn short(&self) -> String {
+        match self {
+            Origin::Default => "default".into(),
+            Origin::File(p) => format!("file {}", p.display()),
+            Origin::Env(n) => format!("env {n}"),
+            Origin::Flag(f) => format!("flag {f}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => write!(f, "the default"),
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Env(n) => write!(f, "environment variable {n}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One override from the command line: a dotted key, a TOML value, and the
+/// flag as the operator wrote it (for messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// Dotted key (not checked yet).
+    pub key: String,
+    /// The value.
+    pub value: toml::Value,
+    /// The flag, e.g. `--set rpc.listen` or `--rpc-listen`.
+    pub flag: String,
+}
+
+/// Parses `KEY=VALUE` where KEY is dotted and VALUE a TOML value (`2`,
+/// `"eu"`, `true`, `["a", "b"]`). For a known string or path key a value
+/// that is not TOML is taken literally (`--set region=eu`), and for a list
+/// key as a comma-separated list, as in an environment variable.
+pub fn parse_setting(text: &str) -> Result<(String, toml::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE, e.g. block.max_delay_ms=2"))?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(format!(
+            "`{key}` is not a dotted config key such as block.max_delay_ms"
+        ));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
+        .ok()
+        .and_then(|mut doc| doc.remove("v"));
+    let value = match (parsed, key_spec(key).map(|s| s.kind)) {
+        (Some(v), _) => v,
+        (None, Some(Kind::Str | Kind::Path)) => toml::Value::String(value.to_string()),
+        (None, Some(Kind::StrList)) => list_value(value),
+        (None, Some(kind)) => {
+            return Err(format!(
+                "config key `{key}`: expected {}, got `{value}`",
+                kind.expected()
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "`{value}` is not a TOML value (strings need quotes)"
+            ))
+        }
+    };
+    Ok((key.to_string(), value))
+}
+
+fn list_value(raw: &str) -> toml::Value {
+    toml::Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_string()))
+            .collect(),
+    )
+}
+
+/// An environment variable's text as the value of `spec`.
+fn env_value(spec: &KeySpec, raw: &str) -> Result<toml::Value, ConfigError> {
+    Ok(match spec.kind {
+        Kind::Path | Kind::Str => toml::Value::String(raw.to_string()),
+        Kind::StrList => list_value(raw),
+        Kind::Int { min, max } => match raw.trim().parse::<i128>() {
+            Ok(n) => match i64::try_from(n) {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => {
+                    return Err(ConfigError::OutOfRange {
+                        key: spec.key,
+                        value: raw.trim().to_string(),
+                        range: format!("{min}..={max}"),
+                    })
+                }
+            },
+            Err(_) => {
+                return Err(ConfigError::BadValue {
+                    key: spec.key,
+                    reason: format!("expected {}, got `{raw}`", spec.kind.expected()),
+                })
+            }
+        },
+    })
+}
+
+/// Checks a value's type and, for numbers, its range.
+fn check_kind(spec: &KeySpec, value: &toml::Value) -> Result<(), ConfigError> {
+    match (spec.kind, value) {
+        (Kind::Path | Kind::Str, toml::Value::String(_)) => Ok(()),
+        (Kind::StrList, toml::Value::Array(items)) if items.iter().all(toml::Value::is_str) => {
+            Ok(())
+        }
+        (Kind::Int { min, max }, toml::Value::Integer(n)) => {
+            if *n < 0 || (*n as u64) < min || (*n as u64) > max {
+                Err(ConfigError::OutOfRange {
+                    key: spec.key,
+                    value: n.to_string(),
+                    range: format!("{min}..={max}"),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        (kind, value) => Err(ConfigError::BadValue {
+            key: spec.key,
+            reason: format!(
+                "expected {}, got {} `{value}`",
+                kind.expected(),
+                value.type_str()
+            ),
+        }),
+    }
+}
+
+fn lookup<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    match key.split_once('.') {
+        Some((section, rest)) => lookup(table.get(section)?.as_table()?, rest),
+        None => table.get(key),
+    }
+}
+
+fn set_in(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_in(t, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// The leaves of a parsed file as dotted keys: tables are descended into
+/// where some key lives below them, anything else is a leaf.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match value {
+            toml::Value::Table(inner)
+                if KEYS.iter().any(|k| k.key.starts_with(&format!("{key}."))) =>
+            {
+                flatten(&key, inner, out)
+            }
+            _ => out.push((key, value.clone())),
+        }
+    }
+}
+
+/// The effective config and where each of its values came from.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    /// The validated config, paths absolute.
+    pub config: Config,
+    /// The origin of every key of [`KEYS`].
+    pub origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Effective {
+    /// The config as TOML, each line ending in a comment that says where
+    /// the value came from (`# default`, `# file PATH`, `# env NAME`,
+    /// `# flag FLAG`); what `bizra-node config show` prints.
+    pub fn to_annotated_toml(&self) -> String {
+        let table = self.config.to_table();
+        let mut out = String::new();
+        let mut section = "";
+        for spec in KEYS {
+            let (sec, name) = spec.key.rsplit_once('.').unwrap_or(("", spec.key));
+            if sec != section {
+                out.push_str(&format!("\n[{sec}]\n"));
+                section = sec;
+            }
+            let value = lookup(&table, spec.key)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let origin = self
+                .origins
+                .get(spec.key)
+                .map(Origin::short)
+                .unwrap_or_default();
+            out.push_str(&format!("{name} = {value}  # {origin}\n"));
+        }
+        out
+    }
+}
+
+fn sourced(error: ConfigError, origin: &Origin) -> ConfigError {
+    ConfigError::Sourced {
+        origin: origin.to_string(),
+        error: Box::new(error),
+    }
+}
+
+/// Builds the effective config: defaults < the file (if any) < `BIZRA_*`
+/// variables of `env` < `flags`, then validates it. Every error names the
+/// key and, for a value, where it came from.
+pub fn load_layered(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+    flags: &[Setting],
+) -> Result<Effective, ConfigError> {
+    let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let mut table = Config::default().to_table();
+    let mut origins: BTreeMap<&'static str, Origin> =
+        KEYS.iter().map(|k| (k.key, Origin::Default)).collect();
+    let mut apply = |spec: &'static KeySpec, value: toml::Value, origin: Origin| {
+        check_kind(spec, &value).map_err(|e| sourced(e, &origin))?;
+        set_in(&mut table, spec.key, value);
+        origins.insert(spec.key, origin);
+        Ok::<(), ConfigError>(())
+    };
+
+    let mut file_base = cwd.clone();
+    if let Some(path) = file {
+        let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+        let origin = Origin::File(path.to_path_buf());
+        let mut leaves = Vec::new();
+        flatten("", &parsed, &mut leaves);
+        for (key, value) in leaves {
+            let spec = key_spec(&key).ok_or_else(|| ConfigError::UnknownKey {
+                key: key.clone(),
+                origin: origin.to_string(),
+            })?;
+            apply(spec, value, origin.clone())?;
+        }
+        if let Some(parent) = path.parent() {
+            file_base = cwd.join(parent);
+        }
+    }
+
+    let mut from_env = Vec::new();
+    for (name, value) in env {
+        let Some(name) = name.to_str() else {
+            continue; // not UTF-8, so not one of ours
+        };
+        let Some(spec) = env_key(name)? else {
+            continue;
+        };
+        let origin = Origin::Env(name.to_string());
+        let raw = value.to_str().ok_or_else(|| {
+            sourced(
+                ConfigError::BadValue {
+                    key: spec.key,
+                    reason: "the value is not UTF-8".into(),
+                },
+                &origin,
+            )
+        })?;
+        let value = env_value(spec, raw).map_err(|e| sourced(e, &origin))?;
+        from_env.push((spec, value, origin));
+    }
+    from_env.sort_by_key(|(spec, _, _)| spec.key);
+    for (spec, value, origin) in from_env {
+        apply(spec, value, origin)?;
+    }
+
+    for setting in flags {
+        let origin = Origin::Flag(setting.flag.clone());
+        let spec = key_spec(&setting.key).ok_or_else(|| ConfigError::UnknownKey {
+            key: setting.key.clone(),
+            origin: origin.to_string(),
+        })?;
+        apply(spec, setting.value.clone(), origin)?;
+    }
+
+    for spec in KEYS.iter().filter(|k| k.kind == Kind::Path) {
+        let base = match origins.get(spec.key) {
+            Some(Origin::Env(_) | Origin::Flag(_)) => &cwd,
+            _ => &file_base,
+        };
+        if let Some(toml::Value::String(p)) = lookup(&table, spec.key) {
+            let path = Path::new(p);
+            if path.is_relative() {
+                let joined = base.join(path).to_string_lossy().into_owned();
+                set_in(&mut table, spec.key, toml::Value::String(joined));
+            }
+        }
+    }
+
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let config = config
+        .validate()
+        .map_err(|e| match e.key().and_then(|k| origins.get(k)) {
+            Some(origin) if *origin != Origin::Default => sourced(e, origin),
+            _ => e,
+        })?;
+    Ok(Effective { config, origins })
 }
 
 /// Reads a whole file but refuses one larger than `limit`, so a wrong path
@@ -424,5 +848,210 @@ mod tests {
         let c = Config::from_toml("[rpc]\nlisten = \"localhost\"\n").unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("rpc.listen"), "{err}");
+    }
+
+    #[test]
+    fn env_names_are_derived_from_the_keys() {
+        assert_eq!(env_name("rpc.listen"), "BIZRA_RPC_LISTEN");
+        assert_eq!(
+            env_name("block.max_attestations"),
+            "BIZRA_BLOCK_MAX_ATTESTATIONS"
+        );
+        assert_eq!(env_name("p2p.peers"), "BIZRA_P2P_PEERS");
+        assert_eq!(env_name("data_dir"), "BIZRA_DATA_DIR");
+        let mut names: Vec<String> = KEYS.iter().map(|k| env_name(k.key)).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KEYS.len(), "two keys map to one variable");
+        for spec in KEYS {
+            let found = env_key(&env_name(spec.key)).unwrap().unwrap();
+            assert_eq!(found.key, spec.key);
+        }
+    }
+
+    #[test]
+    fn tooling_and_foreign_env_vars_are_ignored_unknown_bizra_ones_refused() {
+        for name in [
+            "BIZRA_NODE_BIN",
+            "BIZRA_TESTNET_KEEP",
+            "BIZRA_PYTHON",
+            "BIZRA_EXPERIMENT_X",
+            "PATH",
+            "RUST_LOG",
+        ] {
+            assert!(env_key(name).unwrap().is_none(), "{name}");
+        }
+        let e = env_key("BIZRA_RPC_LISTN").unwrap_err().to_string();
+        assert!(e.contains("BIZRA_RPC_LISTN"), "{e}");
+    }
+
+    #[test]
+    fn keys_table_lists_exactly_the_config_fields() {
+        let mut leaves = Vec::new();
+        flatten("", &Config::default().to_table(), &mut leaves);
+        let mut fields: Vec<String> = leaves.into_iter().map(|(k, _)| k).collect();
+        let mut keys: Vec<String> = KEYS.iter().map(|k| k.key.to_string()).collect();
+        fields.sort();
+        keys.sort();
+        assert_eq!(fields, keys);
+        for spec in KEYS {
+            let value = lookup(&Config::default().to_table(), spec.key)
+                .cloned()
+                .unwrap();
+            check_kind(spec, &value).unwrap_or_else(|e| panic!("default of {}: {e}", spec.key));
+        }
+    }
+
+    #[test]
+    fn docs_list_every_key_with_its_variable_and_range() {
+        let docs = include_str!("../../docs/CONFIG.md");
+        for spec in KEYS {
+            let row = format!("| `{}` | `{}` |", spec.key, env_name(spec.key));
+            let line = docs
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("docs/CONFIG.md has no row starting `{row}`"));
+            if let Kind::Int { min, max } = spec.kind {
+                assert!(line.contains(&format!("{min}..={max}")), "{line}");
+            }
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    fn flag(key: &str, value: toml::Value) -> Setting {
+        Setting {
+            key: key.into(),
+            value,
+            flag: format!("--set {key}"),
+        }
+    }
+
+    #[test]
+    fn file_then_env_then_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"d\"\n[block]\nmax_attestations = 5\nmax_delay_ms = 5\nmax_in_flight = 5\n").unwrap();
+        let e = load_layered(
+            Some(&file),
+            env(&[
+                ("BIZRA_BLOCK_MAX_DELAY_MS", "6"),
+                ("BIZRA_BLOCK_MAX_IN_FLIGHT", "6"),
+                ("BIZRA_P2P_PEERS", "a, b,,"),
+            ]),
+            &[flag("block.max_in_flight", toml::Value::Integer(7))],
+        )
+        .unwrap();
+        assert_eq!(e.config.block.max_attestations, 5);
+        assert_eq!(e.config.block.max_delay_ms, 6);
+        assert_eq!(e.config.block.max_in_flight, 7);
+        assert_eq!(e.config.p2p.peers, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(e.config.data_dir, dir.path().join("d"));
+        assert_eq!(
+            e.origins["block.max_attestations"],
+            Origin::File(file.clone())
+        );
+        assert_eq!(
+            e.origins["block.max_delay_ms"],
+            Origin::Env("BIZRA_BLOCK_MAX_DELAY_MS".into())
+        );
+        assert_eq!(
+            e.origins["block.max_in_flight"],
+            Origin::Flag("--set block.max_in_flight".into())
+        );
+        assert_eq!(e.origins["region"], Origin::Default);
+        let shown = e.to_annotated_toml();
+        assert!(
+            shown.contains("max_in_flight = 7  # flag --set block.max_in_flight"),
+            "{shown}"
+        );
+        assert_eq!(Config::from_toml(&shown).unwrap(), e.config);
+    }
+
+    #[test]
+    fn env_and_flag_paths_resolve_against_the_current_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "genesis = \"g.json\"\n").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let e = load_layered(Some(&file), env(&[("BIZRA_DATA_DIR", "rel")]), &[]).unwrap();
+        assert_eq!(e.config.data_dir, cwd.join("rel"));
+        assert_eq!(e.config.genesis, dir.path().join("g.json"));
+    }
+
+    #[test]
+    fn errors_name_key_origin_and_range() {
+        let e = load_layered(None, env(&[("BIZRA_BLOCK_MAX_ATTESTATIONS", "0")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("block.max_attestations")
+                && e.contains("1..=10000")
+                && e.contains("BIZRA_BLOCK_MAX_ATTESTATIONS"),
+            "{e}"
+        );
+        let e = load_layered(None, env(&[("BIZRA_RPC_MAX_CONNECTIONS", "many")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpc.max_connections") && e.contains("whole number"),
+            "{e}"
+        );
+        let e = load_layered(
+            None,
+            env(&[("BIZRA_RPC_MAX_CONNECTIONS", "99999999999999999999999")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("1..=100000"), "{e}");
+        let e = load_layered(
+            None,
+            [],
+            &[flag("rpc.max_connections", toml::Value::Integer(-1))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("1..=100000") && e.contains("--set rpc.max_connections"),
+            "{e}"
+        );
+        let e = load_layered(None, [], &[flag("rpc.nope", toml::Value::Integer(1))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpc.nope") && e.contains("--set rpc.nope"),
+            "{e}"
+        );
+        let e = load_layered(
+            None,
+            [],
+            &[flag("rpc.listen", toml::Value::String("x".into()))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rpc.listen") && e.contains("--set rpc.listen"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parse_setting_takes_bare_strings_for_string_keys() {
+        assert_eq!(
+            parse_setting("region=eu").unwrap(),
+            ("region".to_string(), toml::Value::String("eu".into()))
+        );
+        assert_eq!(
+            parse_setting("block.max_delay_ms=2").unwrap().1,
+            toml::Value::Integer(2)
+        );
+        assert!(parse_setting("block.max_delay_ms=two").is_err());
+        assert!(parse_setting("nokey").is_err());
     }
 }

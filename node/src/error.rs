@@ -28,6 +28,36 @@ pub enum ConfigError {
         /// The allowed range.
         range: String,
     },
+    /// A key that is not a setting (in the file or a flag).
+    #[error("unknown config key `{key}` in {origin}; the keys are listed in docs/CONFIG.md (`bizra-node config show` prints them all)")]
+    UnknownKey {
+        /// The dotted key as given.
+        key: String,
+        /// Where it was given.
+        origin: String,
+    },
+    /// A `BIZRA_` environment variable that names no setting.
+    #[error("unknown environment variable {name}: BIZRA_* variables set config keys (BIZRA_ + the dotted key upper-cased with `.` as `_`, e.g. BIZRA_RPC_LISTEN for rpc.listen) and this one names none; unset it or fix its name (docs/CONFIG.md lists them)")]
+    UnknownEnv {
+        /// The variable.
+        name: String,
+    },
+    /// A value of the wrong type.
+    #[error("config key `{key}`: {reason}")]
+    BadValue {
+        /// Dotted key.
+        key: &'static str,
+        /// What was expected and what was given.
+        reason: String,
+    },
+    /// Another error, with where the offending value came from.
+    #[error("{error} (set by {origin})")]
+    Sourced {
+        /// `config file PATH`, `environment variable NAME` or `flag FLAG`.
+        origin: String,
+        /// The error.
+        error: Box<ConfigError>,
+    },
     /// A value of the right type that is not acceptable.
     #[error("config key `{key}`: {reason}")]
     Invalid {
@@ -36,6 +66,19 @@ pub enum ConfigError {
         /// What is wrong and what would be right.
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// The dotted key a value error is about.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::OutOfRange { key, .. }
+            | ConfigError::Invalid { key, .. }
+            | ConfigError::BadValue { key, .. } => Some(key),
+            ConfigError::Sourced { error, .. } => error.key(),
+            _ => None,
+        }
+    }
 }
 
 /// Why the node could not start or had to stop.
@@ -57,6 +100,22 @@ pub enum NodeError {
     Key {
         /// The key file.
         path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// Another process holds the data directory's lock.
+    #[error("data directory {dir} is in use: another bizra-node process holds its lock {lock}; stop that process first, or give this node its own data_dir")]
+    DataDirLocked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The data directory cannot be used (format version, I/O).
+    #[error("data directory {dir}: {reason}")]
+    DataDir {
+        /// The data directory.
+        dir: PathBuf,
         /// What is wrong, and what to do.
         reason: String,
     },

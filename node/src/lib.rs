@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod datadir;
 pub mod error;
 mod finality;
 mod gossip;
@@ -73,15 +74,30 @@ pub fn bind_rpc(config: &Config) -> Result<std::net::TcpListener, NodeError> {
     })
 }
 
-/// Runs a node until `shutdown` resolves or a critical task fails.
+/// Runs a node until `shutdown` resolves or a critical task fails; opens
+/// (locks, checks the format of) the data directory first.
 pub async fn run(
     config: Config,
     rpc_listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    let data_dir = datadir::DataDir::open(&config.data_dir)?;
+    run_in(data_dir, config, rpc_listener, shutdown).await
+}
+
+/// [`run`] on a data directory the caller has already opened (the binary
+/// opens it before binding the RPC listener, so a second process on the
+/// same directory is told about the lock rather than about a busy port).
+pub async fn run_in(
+    data_dir: datadir::DataDir,
+    config: Config,
+    rpc_listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    // The key first: a key others can read is refused before anything else.
+    let key = keyfile::read(&data_dir.path().join(keyfile::NODE_KEY_FILE))?;
     let genesis = load_genesis(&config.genesis)?;
     let chain_id = genesis.chain_id();
-    let key = keyfile::read(&config.data_dir.join(keyfile::NODE_KEY_FILE))?;
     let public_key = key.verifying_key().to_bytes();
     if !genesis
         .validators
@@ -294,6 +310,7 @@ pub async fn run(
     }
     p2p.shutdown().await;
     tracing::info!("stopped");
+    drop(data_dir);
     outcome
 }
 

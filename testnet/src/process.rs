@@ -51,6 +51,15 @@ pub(crate) fn spawn_node(name: &str, binary: &Path, config: &Path, log: &Path) -
     if let Some(dir) = config.parent() {
         command.current_dir(dir);
     }
+    // A developer's exported node settings (`BIZRA_RPC_LISTEN`, …) would
+    // override every testnet node's generated config: the cluster's own
+    // config file is the only source. Experiment switches pass through.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("BIZRA_") && !name.starts_with("BIZRA_EXPERIMENT_") {
+            command.env_remove(&key);
+        }
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

@@ -13,6 +13,7 @@
 mod admission;
 mod api;
 mod cluster;
+mod config;
 mod finality;
 mod metrics;
 mod overload;
