@@ -88,6 +88,9 @@ pub struct RaftSection {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and later purge the log) after this many entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind the latest snapshot, so a follower that lags
+    /// by fewer than this catches up from the log rather than a snapshot.
+    pub logs_kept_after_snapshot: u64,
     /// Most log entries sent in one AppendEntries RPC.
     pub max_payload_entries: u64,
 }
@@ -164,6 +167,7 @@ impl Default for RaftSection {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1_000,
             snapshot_every_entries: 10_000,
+            logs_kept_after_snapshot: 1_000,
             max_payload_entries: 64,
         }
     }
@@ -373,6 +377,7 @@ pub const KEYS: &[KeySpec] = &[
     int("raft.election_timeout_min_ms", 11, 60_000),
     int("raft.election_timeout_max_ms", 12, 120_000),
     int("raft.snapshot_every_entries", 10, 10_000_000),
+    int("raft.logs_kept_after_snapshot", 0, 10_000_000),
     int("raft.max_payload_entries", 1, 10_000),
     int("admission.queue_capacity", 1, 10_000_000),
     int("admission.commit_timeout_ms", 100, 600_000),

@@ -141,6 +141,7 @@ pub async fn run_in(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
             config.raft.snapshot_every_entries,
         ),
+        max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
         install_snapshot_timeout: config.p2p.request_timeout_ms,
         ..Default::default()
     }

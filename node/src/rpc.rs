@@ -419,6 +419,8 @@ fn node_status(node: &Node) -> Value {
         "term": m.current_term,
         "leader": m.current_leader.map(|l| l.to_string()),
         "last_log_index": m.last_log_index,
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
         "applied_index": m.last_applied.map(|l| l.index),
         "head_height": head.as_ref().map(|b| b.header.height).unwrap_or(0),
         "head_hash": head.as_ref().map(|b| hex::encode(&b.hash)),

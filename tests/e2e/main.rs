@@ -20,4 +20,5 @@ mod overload;
 mod pipeline;
 mod rest;
 mod restart;
+mod snapshot;
 mod support;

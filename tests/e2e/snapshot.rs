@@ -1,0 +1,66 @@
+//! Catch-up through a snapshot: a validator that was stopped while the
+//! others committed far past it, and purged their logs behind a snapshot,
+//! comes back by installing the snapshot over the network and reaches the
+//! same head.
+
+use bizra_testnet::{Cluster, ClusterSpec};
+use serde_json::json;
+
+use crate::support::{self, CONVERGE, START};
+
+#[test]
+fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(START)
+            .node_config("raft.snapshot_every_entries", 20)
+            .node_config("raft.logs_kept_after_snapshot", 0),
+    )
+    .expect("start a cluster that snapshots every 20 entries");
+    let leader = cluster.leader(START).expect("a leader");
+    let lagger = (leader + 1) % 3;
+    let key = support::attester();
+    support::commit(&cluster, leader, &support::valid(&cluster, &key, "before"));
+    let lagger_index = cluster
+        .call(lagger, "node_status", json!([]))
+        .expect("status")["last_log_index"]
+        .as_u64()
+        .unwrap_or(0);
+    cluster.stop(lagger).expect("stop the lagging node");
+
+    // One block per sequential submission: well over a few snapshots' worth.
+    let mut receipts = Vec::new();
+    for i in 0..120 {
+        let att = support::valid(&cluster, &key, &format!("while-down-{i}"));
+        receipts.push(support::commit(&cluster, leader, &att));
+    }
+    let purged = bizra_testnet::wait_until(CONVERGE, "the leader to purge its log", || {
+        let s = cluster
+            .call(leader, "node_status", json!([]))
+            .map_err(|e| e.to_string())?;
+        match s["purged_index"].as_u64() {
+            Some(p) if p > lagger_index => Ok(p),
+            other => Err(format!("purged_index {other:?}, lagger had {lagger_index}")),
+        }
+    })
+    .expect("the log is purged past what the stopped node has");
+
+    cluster.restart(lagger).expect("restart the lagging node");
+    let head = cluster
+        .wait_converged(CONVERGE)
+        .expect("same head on every node");
+    assert!(head.is_some(), "blocks were committed");
+    let status = cluster
+        .call(lagger, "node_status", json!([]))
+        .expect("status");
+    assert!(
+        status["snapshot_index"]
+            .as_u64()
+            .is_some_and(|s| s >= purged.min(lagger_index + 1)),
+        "the restarted node holds a snapshot: {status}"
+    );
+    for receipt in &receipts {
+        let id = receipt["id"].as_str().expect("id");
+        support::assert_stored_as(&cluster, lagger, id, receipt);
+    }
+}
