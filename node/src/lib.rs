@@ -300,11 +300,17 @@ pub async fn run_in(
         _ = p2p.stopped() => Err(NodeError::TaskFailed("p2p", "service stopped".into())),
     };
 
+    // Graceful order: stop accepting and let in-flight requests finish
+    // while Raft and the chain follower still run (their blocks keep
+    // applying); then stop the tasks, Raft and p2p. (A TimeoutNow-style
+    // leadership hand-over was tried and does not move leadership under
+    // openraft 0.9: the other voters refuse votes while the leader's lease
+    // holds, so the others elect after their election timeout.)
     tracing::info!("shutting down");
-    let _ = rpc_handle.stop();
-    let _ = stop_tx.send(true);
     let deadline = Duration::from_secs(5);
+    let _ = rpc_handle.stop();
     let _ = tokio::time::timeout(deadline, rpc_handle.stopped()).await;
+    let _ = stop_tx.send(true);
     tasks.join_all(deadline).await;
     if let Err(e) = tokio::time::timeout(deadline, raft.shutdown()).await {
         tracing::warn!(error = %e, "raft did not shut down in time");

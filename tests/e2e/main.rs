@@ -20,5 +20,6 @@ mod overload;
 mod pipeline;
 mod rest;
 mod restart;
+mod shutdown;
 mod snapshot;
 mod support;
