@@ -64,8 +64,9 @@ fn parse_score(text: &str) -> Result<u16> {
     Ok(centi as u16)
 }
 
-pub(crate) fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+/// POSTs a JSON body and returns the JSON answer, whatever the HTTP status
+/// (JSON-RPC errors come with bodies worth reading).
+fn post_json(url: &str, body: Value) -> Result<Value> {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
         .build();
@@ -74,9 +75,14 @@ pub(crate) fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> 
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => return Err(anyhow!("cannot reach {url}: {e}")),
     };
-    let answer: Value = response
+    response
         .into_json()
-        .with_context(|| format!("{url} did not answer with JSON"))?;
+        .with_context(|| format!("{url} did not answer with JSON"))
+}
+
+pub(crate) fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let answer = post_json(url, body)?;
     if let Some(err) = answer.get("error") {
         bail!(
             "{} ({}): {}",
@@ -243,17 +249,7 @@ fn rpc_batch(url: &str, calls: &[(&str, Value)]) -> Result<Vec<std::result::Resu
         .enumerate()
         .map(|(i, (method, params))| json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}))
         .collect();
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
-    let response = match agent.post(url).send_json(Value::Array(body)) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(anyhow!("cannot reach {url}: {e}")),
-    };
-    let answer: Value = response
-        .into_json()
-        .with_context(|| format!("{url} did not answer with JSON"))?;
+    let answer = post_json(url, Value::Array(body))?;
     let Some(answers) = answer.as_array() else {
         if let Some(err) = answer.get("error") {
             bail!("{url} refused the batch: {err}");
