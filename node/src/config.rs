@@ -39,6 +39,14 @@ pub struct Config {
     pub admission: AdmissionSection,
     /// Block building on the leader.
     pub block: BlockSection,
+    /// The operator's admin listener.
+    pub admin: AdminSection,
+    /// Client authentication (off by default).
+    pub auth: AuthSection,
+    /// Disk-space watch.
+    pub storage: StorageSection,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSection,
 }
 
 /// `[p2p]`: where this node listens for validators and whom it dials.
@@ -93,6 +101,9 @@ pub struct RaftSection {
     pub logs_kept_after_snapshot: u64,
     /// Most log entries sent in one AppendEntries RPC.
     pub max_payload_entries: u64,
+    /// Start a node whose key is not in genesis and wait to be added with
+    /// `bizra-node admin add-learner` (instead of refusing to start).
+    pub join: bool,
 }
 
 /// `[admission]`: the bounded queue between RPC handlers and the proposer.
@@ -121,6 +132,95 @@ pub struct BlockSection {
     pub max_in_flight: usize,
 }
 
+/// `[admin]`: the operator API (membership, leader transfer, snapshots).
+/// It is a separate listener so that exposing the client RPC never exposes
+/// membership changes, and it is refused without the admin token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Socket address of the admin listener; a loopback address unless
+    /// `admin.allow_remote` is true.
+    pub listen: String,
+    /// Allow `admin.listen` on a non-loopback address (the token is then
+    /// the only protection; put it behind a firewall).
+    pub allow_remote: bool,
+}
+
+/// `[auth]`: optional client authentication with static tokens or JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Require `Authorization: Bearer …` on client methods.
+    pub enabled: bool,
+    /// File of static tokens, each with a name and its own rate limit;
+    /// empty for none.
+    pub tokens_file: PathBuf,
+    /// Hex Ed25519 public key of the JWT issuer; empty turns JWTs off.
+    pub jwt_issuer_public_key: String,
+    /// The `aud` a JWT must carry.
+    pub jwt_audience: String,
+    /// Requests per second allowed to each JWT subject.
+    pub jwt_rate_per_s: u64,
+    /// Leave read-only methods open when auth is enabled.
+    pub open_reads: bool,
+}
+
+/// `[storage]`: watching the disk the data directory lives on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Below this many free bytes on the data directory's filesystem the
+    /// node logs a warning (every minute) and `GET /ready` says so.
+    pub min_free_bytes: u64,
+}
+
+/// `[shutdown]`: how long a graceful stop may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// After SIGTERM/SIGINT the node exits within this time (a second
+    /// signal exits at once).
+    pub deadline_ms: u64,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7711".to_string(),
+            allow_remote: false,
+        }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tokens_file: PathBuf::new(),
+            jwt_issuer_public_key: String::new(),
+            jwt_audience: "bizra".to_string(),
+            jwt_rate_per_s: 1_000,
+            open_reads: true,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 10_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -132,6 +232,10 @@ impl Default for Config {
             raft: RaftSection::default(),
             admission: AdmissionSection::default(),
             block: BlockSection::default(),
+            admin: AdminSection::default(),
+            auth: AuthSection::default(),
+            storage: StorageSection::default(),
+            shutdown: ShutdownSection::default(),
         }
     }
 }
@@ -169,6 +273,7 @@ impl Default for RaftSection {
             snapshot_every_entries: 10_000,
             logs_kept_after_snapshot: 1_000,
             max_payload_entries: 64,
+            join: false,
         }
     }
 }
@@ -220,6 +325,10 @@ impl Config {
         if self.genesis.is_relative() {
             self.genesis = base.join(&self.genesis);
         }
+        let tokens = &self.auth.tokens_file;
+        if tokens.is_relative() && !tokens.as_os_str().is_empty() {
+            self.auth.tokens_file = base.join(tokens);
+        }
     }
 
     /// Checks every value against its allowed range (the ranges of
@@ -247,6 +356,41 @@ impl Config {
             });
         }
         self.rpc_listen_addr()?;
+        let admin = self.admin_listen_addr()?;
+        if !admin.ip().is_loopback() && !self.admin.allow_remote {
+            return Err(ConfigError::Invalid {
+                key: "admin.listen",
+                reason: format!(
+                    "`{admin}` is not a loopback address; the admin API changes membership, so \
+                     it listens on 127.0.0.1 or ::1 unless `admin.allow_remote = true`"
+                ),
+            });
+        }
+        if !self.auth.jwt_issuer_public_key.is_empty() {
+            let ok = self.auth.jwt_issuer_public_key.len() == 64
+                && self
+                    .auth
+                    .jwt_issuer_public_key
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "auth.jwt_issuer_public_key",
+                    reason: "must be 64 hex digits (an Ed25519 public key) or empty".into(),
+                });
+            }
+        }
+        if self.auth.enabled
+            && self.auth.tokens_file.as_os_str().is_empty()
+            && self.auth.jwt_issuer_public_key.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.enabled",
+                reason: "auth is enabled but neither `auth.tokens_file` nor \
+                         `auth.jwt_issuer_public_key` is set, so no client could authenticate"
+                    .into(),
+            });
+        }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms {
             return Err(ConfigError::OutOfRange {
                 key: "raft.election_timeout_min_ms",
@@ -275,6 +419,17 @@ impl Config {
         toml::Table::try_from(self).expect("config is plain data and always serializes")
     }
 
+    /// The admin listen address as a socket address.
+    pub fn admin_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.admin.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "admin.listen",
+            reason: format!(
+                "`{}` is not an IP:port socket address such as 127.0.0.1:7711",
+                self.admin.listen
+            ),
+        })
+    }
+
     /// The RPC listen address as a socket address.
     pub fn rpc_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.rpc.listen.parse().map_err(|_| ConfigError::Invalid {
@@ -299,6 +454,8 @@ pub enum Kind {
     Str,
     /// A list of strings; in an environment variable, comma-separated.
     StrList,
+    /// `true` or `false`.
+    Bool,
     /// A whole number in `min..=max`.
     Int {
         /// Smallest allowed value.
@@ -314,6 +471,7 @@ impl Kind {
             Kind::Path => "a path string".into(),
             Kind::Str => "a string".into(),
             Kind::StrList => "a list of strings".into(),
+            Kind::Bool => "true or false".into(),
             Kind::Int { min, max } => format!("a whole number in {min}..={max}"),
         }
     }
@@ -379,11 +537,46 @@ pub const KEYS: &[KeySpec] = &[
     int("raft.snapshot_every_entries", 10, 10_000_000),
     int("raft.logs_kept_after_snapshot", 0, 10_000_000),
     int("raft.max_payload_entries", 1, 10_000),
+    KeySpec {
+        key: "raft.join",
+        kind: Kind::Bool,
+    },
     int("admission.queue_capacity", 1, 10_000_000),
     int("admission.commit_timeout_ms", 100, 600_000),
     int("block.max_attestations", 1, 10_000),
     int("block.max_delay_ms", 0, 10_000),
     int("block.max_in_flight", 1, 64),
+    KeySpec {
+        key: "admin.listen",
+        kind: Kind::Str,
+    },
+    KeySpec {
+        key: "admin.allow_remote",
+        kind: Kind::Bool,
+    },
+    KeySpec {
+        key: "auth.enabled",
+        kind: Kind::Bool,
+    },
+    KeySpec {
+        key: "auth.tokens_file",
+        kind: Kind::Path,
+    },
+    KeySpec {
+        key: "auth.jwt_issuer_public_key",
+        kind: Kind::Str,
+    },
+    KeySpec {
+        key: "auth.jwt_audience",
+        kind: Kind::Str,
+    },
+    int("auth.jwt_rate_per_s", 1, 1_000_000),
+    KeySpec {
+        key: "auth.open_reads",
+        kind: Kind::Bool,
+    },
+    int("storage.min_free_bytes", 0, 1 << 50),
+    int("shutdown.deadline_ms", 100, 600_000),
 ];
 
 /// Prefix of every environment variable the node reads.
@@ -397,6 +590,7 @@ pub const TOOLING_ENV: &[&str] = &[
     "BIZRA_TESTNET_KEEP",
     "BIZRA_PYTHON",
     "BIZRA_CRASH_CHILD_DIR",
+    "BIZRA_REQUIRE_PROMTOOL",
 ];
 
 /// Prefixes of tooling variables the node ignores (see [`TOOLING_ENV`]).
@@ -536,6 +730,16 @@ fn env_value(spec: &KeySpec, raw: &str) -> Result<toml::Value, ConfigError> {
     Ok(match spec.kind {
         Kind::Path | Kind::Str => toml::Value::String(raw.to_string()),
         Kind::StrList => list_value(raw),
+        Kind::Bool => match raw.trim() {
+            "true" => toml::Value::Boolean(true),
+            "false" => toml::Value::Boolean(false),
+            _ => {
+                return Err(ConfigError::BadValue {
+                    key: spec.key,
+                    reason: format!("expected {}, got `{raw}`", spec.kind.expected()),
+                })
+            }
+        },
         Kind::Int { min, max } => match raw.trim().parse::<i128>() {
             Ok(n) => match i64::try_from(n) {
                 Ok(n) => toml::Value::Integer(n),
@@ -564,6 +768,7 @@ fn check_kind(spec: &KeySpec, value: &toml::Value) -> Result<(), ConfigError> {
         (Kind::StrList, toml::Value::Array(items)) if items.iter().all(toml::Value::is_str) => {
             Ok(())
         }
+        (Kind::Bool, toml::Value::Boolean(_)) => Ok(()),
         (Kind::Int { min, max }, toml::Value::Integer(n)) => {
             if *n < 0 || (*n as u64) < min || (*n as u64) > max {
                 Err(ConfigError::OutOfRange {
@@ -763,7 +968,8 @@ pub fn load_layered(
         };
         if let Some(toml::Value::String(p)) = lookup(&table, spec.key) {
             let path = Path::new(p);
-            if path.is_relative() {
+            // An empty optional path (auth.tokens_file) means "none".
+            if path.is_relative() && !p.is_empty() {
                 let joined = base.join(path).to_string_lossy().into_owned();
                 set_in(&mut table, spec.key, toml::Value::String(joined));
             }

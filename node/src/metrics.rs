@@ -86,6 +86,22 @@ struct LeaderLabels {
     leader_id: String,
 }
 
+/// Labels of `bizra_auth_refused_total`: why a client request was refused
+/// before admission (`missing`, `invalid`, `expired`, `rate_limited`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthLabels {
+    pub(crate) reason: &'static str,
+}
+
+/// Labels of `bizra_admin_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AdminLabels {
+    /// The admin method, or `-` when the token check failed first.
+    pub(crate) method: String,
+    /// `ok`, `refused` (token) or `error`.
+    pub(crate) result: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// All metrics of one node. Counters and histograms are bumped where things
@@ -122,6 +138,10 @@ pub(crate) struct Metrics {
     pub(crate) finalized_height: Gauge,
     pub(crate) finality_lag: Gauge,
     pub(crate) db_size: Gauge,
+    /// Client requests refused by auth, by reason.
+    pub(crate) auth_refused: Family<AuthLabels, Counter>,
+    /// Admin API calls by method and result.
+    pub(crate) admin_requests: Family<AdminLabels, Counter>,
 }
 
 /// A u64 as a gauge value, saturating (gauges are i64).
@@ -160,6 +180,8 @@ impl Metrics {
             finalized_height: Gauge::default(),
             finality_lag: Gauge::default(),
             db_size: Gauge::default(),
+            auth_refused: Family::default(),
+            admin_requests: Family::default(),
         };
         m.compliance_score.set(100.0);
         r.register(
@@ -262,6 +284,16 @@ impl Metrics {
             "bizra_db_size_bytes",
             "Bytes used by this node's database directory",
             m.db_size.clone(),
+        );
+        r.register(
+            "bizra_auth_refused",
+            "Client requests refused by authentication before admission, by reason",
+            m.auth_refused.clone(),
+        );
+        r.register(
+            "bizra_admin_requests",
+            "Admin API calls by method and result (ok, refused: bad or missing token, error)",
+            m.admin_requests.clone(),
         );
         Metrics { registry: r, ..m }
     }
