@@ -2,18 +2,23 @@
 //! would, so they double as a worked example of PROTOCOL.md.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bizra_client::{Client, Policy, Wait};
 use bizra_crypto::{hex, keys, Attestation};
 use serde_json::{json, Value};
 
 /// Flags of `bizra-node attest`.
 #[derive(clap::Args)]
 pub(crate) struct AttestArgs {
-    /// The node's JSON-RPC URL (any node; followers forward to the leader).
+    /// A node's JSON-RPC URL (any node accepts submissions); repeat it to
+    /// fail over to the next node when one is down.
     #[arg(long, default_value = "http://127.0.0.1:7710")]
-    rpc: String,
+    rpc: Vec<String>,
+    /// Most attempts per request (retries on UNAVAILABLE, OVERLOADED and
+    /// connection errors; resubmitting is safe, see docs/CLIENT.md).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
     /// File holding the attester's key (`0x` + 64 hex seed); a fresh key is
     /// generated when absent.
     #[arg(long)]
@@ -64,34 +69,23 @@ fn parse_score(text: &str) -> Result<u16> {
     Ok(centi as u16)
 }
 
-/// POSTs a JSON body and returns the JSON answer, whatever the HTTP status
-/// (JSON-RPC errors come with bodies worth reading).
-fn post_json(url: &str, body: Value) -> Result<Value> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
-    let response = match agent.post(url).send_json(body) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(anyhow!("cannot reach {url}: {e}")),
-    };
-    response
-        .into_json()
-        .with_context(|| format!("{url} did not answer with JSON"))
+/// A client over `urls` with the default retry policy and `max_attempts`.
+pub(crate) fn connect(urls: &[String], max_attempts: u32) -> Result<Client> {
+    Client::new(
+        urls.iter().cloned(),
+        Policy {
+            max_attempts,
+            ..Policy::default()
+        },
+    )
+    .map_err(|e| anyhow!("--rpc/--max-attempts: {e}"))
 }
 
+/// One call through the resilient client (retries, failover); the error
+/// names the node's error code, or why no node answered.
 pub(crate) fn rpc_call(url: &str, method: &str, params: Value) -> Result<Value> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let answer = post_json(url, body)?;
-    if let Some(err) = answer.get("error") {
-        bail!(
-            "{} ({}): {}",
-            err["data"]["code"].as_str().unwrap_or("ERROR"),
-            err["code"],
-            err["message"].as_str().unwrap_or("")
-        );
-    }
-    Ok(answer["result"].clone())
+    let client = connect(&[url.to_string()], Policy::default().max_attempts)?;
+    Ok(client.call(method, params)?.value)
 }
 
 pub(crate) fn attest(args: AttestArgs) -> Result<()> {
@@ -113,7 +107,9 @@ pub(crate) fn attest(args: AttestArgs) -> Result<()> {
         (None, Some(data)) => *blake3::hash(data.as_bytes()).as_bytes(),
         (None, None) => bail!("give --poi-data or --poi-hash"),
     };
-    let status = rpc_call(&args.rpc, "node_status", json!([]))?;
+    let wait: Wait = args.wait.parse()?;
+    let client = connect(&args.rpc, args.max_attempts)?;
+    let status = client.node_status()?.value;
     let chain_id = status["chain_id"]
         .as_str()
         .ok_or_else(|| anyhow!("node_status has no chain_id"))?;
@@ -127,11 +123,8 @@ pub(crate) fn attest(args: AttestArgs) -> Result<()> {
         args.context.clone(),
     )
     .map_err(|e| anyhow!("{e}"))?;
-    let result = rpc_call(
-        &args.rpc,
-        "poi_submit",
-        json!([attestation.to_json(), {"wait": args.wait}]),
-    )?;
+    let submitted = client.submit(&attestation, wait)?;
+    let result = submitted.value.raw;
     if args.json {
         println!("{result}");
     } else {
@@ -143,9 +136,17 @@ pub(crate) fn attest(args: AttestArgs) -> Result<()> {
             println!("block:    {}", result["block_hash"].as_str().unwrap_or(""));
         }
         println!("duplicate: {}", result["duplicate"]);
+        let stats = &submitted.stats;
+        println!(
+            "attempts: {} ({} retries, answered by {})",
+            stats.attempts,
+            stats.retries(),
+            stats.endpoint.as_deref().unwrap_or("-")
+        );
     }
     if let Some(path) = &args.receipt_out {
-        let receipt = rpc_call(&args.rpc, "poi_getReceipt", json!([result["id"]]))?;
+        let id = result["id"].as_str().unwrap_or_default();
+        let receipt = client.get_receipt(id)?.value;
         crate::verify::write_receipt(path, &receipt)?;
         if !args.json {
             println!("receipt:  {}", path.display());
@@ -241,45 +242,11 @@ pub(crate) fn get(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
-/// One JSON-RPC batch request; answers in the order of `calls`, each the
-/// result or the error object.
-fn rpc_batch(url: &str, calls: &[(&str, Value)]) -> Result<Vec<std::result::Result<Value, Value>>> {
-    let body: Vec<Value> = calls
-        .iter()
-        .enumerate()
-        .map(|(i, (method, params))| json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}))
-        .collect();
-    let answer = post_json(url, Value::Array(body))?;
-    let Some(answers) = answer.as_array() else {
-        if let Some(err) = answer.get("error") {
-            bail!("{url} refused the batch: {err}");
-        }
-        bail!("{url} answered a batch with something other than an array");
-    };
-    let mut out: Vec<Option<std::result::Result<Value, Value>>> = vec![None; calls.len()];
-    for a in answers {
-        let Some(slot) = a["id"]
-            .as_u64()
-            .and_then(|i| out.get_mut(usize::try_from(i).ok()?))
-        else {
-            continue;
-        };
-        *slot = Some(match a.get("error") {
-            Some(err) => Err(err.clone()),
-            None => Ok(a["result"].clone()),
-        });
-    }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, a)| a.ok_or_else(|| anyhow!("{url} did not answer request {i} of the batch")))
-        .collect()
-}
-
 /// `bizra-node blocks`: `chain_head`, then `chain_getBlock` per height in
 /// one JSON-RPC batch.
 pub(crate) fn blocks(args: BlocksArgs) -> Result<()> {
-    let url = &args.flags.rpc;
-    let head = rpc_call(url, "chain_head", json!([]))?;
+    let client = connect(std::slice::from_ref(&args.flags.rpc), 5)?;
+    let head = client.chain_head()?.value;
     let head_height = head["committed"]["height"].as_u64().unwrap_or(0);
     let from = args
         .from
@@ -291,18 +258,13 @@ pub(crate) fn blocks(args: BlocksArgs) -> Result<()> {
     let answers = if calls.is_empty() {
         Vec::new()
     } else {
-        rpc_batch(url, &calls)?
+        client.call_batch(&calls)?.value
     };
     let mut blocks = Vec::with_capacity(answers.len());
     for (height, answer) in (from..=to).zip(answers) {
         match answer {
             Ok(block) => blocks.push(block),
-            Err(err) => bail!(
-                "block {height}: {} ({}): {}",
-                err["data"]["code"].as_str().unwrap_or("ERROR"),
-                err["code"],
-                err["message"].as_str().unwrap_or("")
-            ),
+            Err(err) => bail!("block {height}: {err}"),
         }
     }
     if args.flags.json {

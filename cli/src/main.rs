@@ -5,7 +5,9 @@
 //! A thin binary: parsing and printing here, everything else in the library
 //! crates. `anyhow` lives only at this edge.
 
+mod admin;
 mod bench;
+mod check;
 mod client;
 mod verify;
 
@@ -72,6 +74,15 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Bounded load against running nodes (signing happens before timing).
     Bench(bench::BenchArgs),
+    /// Operator commands over the node's admin API (membership, leader
+    /// transfer, snapshots, Raft status); needs the node's admin token.
+    Admin(admin::AdminArgs),
+    /// Checks of this machine for running a node (`check disk`: fdatasync
+    /// latency of the data directory's disk).
+    Check {
+        #[command(subcommand)]
+        command: check::CheckCommand,
+    },
     /// Local clusters for developers.
     Testnet {
         #[command(subcommand)]
@@ -224,6 +235,8 @@ fn main() -> Result<()> {
         Command::Receipt(args) => verify::receipt(args),
         Command::Verify(args) => verify::verify(args),
         Command::Bench(args) => bench::run(args),
+        Command::Admin(args) => admin::run(args),
+        Command::Check { command } => check::run(command),
         Command::Testnet { command } => match command {
             TestnetCommand::Up { nodes, dir, set } => {
                 let spec = set.into_iter().fold(

@@ -26,7 +26,7 @@ mod reader;
 mod state_machine;
 mod types;
 
-pub use bizra_storage::{IndexEntry, StoredAttestation, StoredBlock};
+pub use bizra_storage::{IndexEntry, StoredAttestation, StoredBlock, VoterSetChange};
 pub use error::{ConsensusError, TransportError};
 pub use network::{serve_rpc, Network, PeerClient, RaftRpcRequest, RaftRpcResponse, Transport};
 pub use reader::ChainReader;

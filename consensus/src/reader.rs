@@ -7,7 +7,7 @@
 //! `Raft::ensure_linearizable` first).
 
 use bizra_crypto::Hash;
-use bizra_storage::{IndexEntry, StateTables, StoredAttestation, StoredBlock};
+use bizra_storage::{IndexEntry, StateTables, StoredAttestation, StoredBlock, VoterSetChange};
 use openraft::LogId;
 
 use crate::error::ConsensusError;
@@ -48,6 +48,16 @@ impl ChainReader {
     /// The block with this hash.
     pub fn block_by_hash(&self, hash: &Hash) -> Result<Option<StoredBlock>, ConsensusError> {
         Ok(self.tables.block_by_hash(hash)?)
+    }
+
+    /// Every membership the chain recorded, oldest first.
+    pub fn voter_set_changes(&self) -> Result<Vec<VoterSetChange>, ConsensusError> {
+        Ok(self.tables.voter_set_changes()?)
+    }
+
+    /// The membership that governs block `height`.
+    pub fn voter_set_at(&self, height: u64) -> Result<Option<VoterSetChange>, ConsensusError> {
+        Ok(self.tables.voter_set_at(height)?)
     }
 
     /// The latest applied block, `None` before the first one.

@@ -53,6 +53,19 @@ pub enum ApiError {
     /// A bug or a storage failure on this node; details are in its log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Client auth is enabled and the request needs a valid credential it
+    /// lacks (docs/AUTH.md); the message says what was wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request's credential is over its own rate limit: the client's
+    /// quota, not the node's capacity (that is OVERLOADED).
+    #[error("{message}")]
+    RateLimited {
+        /// Whose limit and what it is.
+        message: String,
+        /// When the next request would be allowed.
+        retry_after_ms: u64,
+    },
 }
 
 impl ApiError {
@@ -68,6 +81,10 @@ impl ApiError {
             ApiError::Overloaded { .. } => -32006,
             ApiError::TooLarge(_) => -32007,
             ApiError::Internal(_) => -32603,
+            // -32008..=-32011 are jsonrpsee's own (oversized response,
+            // server busy, batch too big), so auth starts after them.
+            ApiError::Unauthorized(_) => -32012,
+            ApiError::RateLimited { .. } => -32013,
         }
     }
 
@@ -83,6 +100,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => "OVERLOADED",
             ApiError::TooLarge(_) => "TOO_LARGE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 
@@ -90,7 +109,8 @@ impl ApiError {
     pub fn data(&self) -> serde_json::Value {
         match self {
             ApiError::Unavailable { retry_after_ms, .. }
-            | ApiError::Overloaded { retry_after_ms, .. } => {
+            | ApiError::Overloaded { retry_after_ms, .. }
+            | ApiError::RateLimited { retry_after_ms, .. } => {
                 json!({"code": self.name(), "retry_after_ms": retry_after_ms})
             }
             _ => json!({"code": self.name()}),
@@ -160,6 +180,19 @@ mod tests {
                 "OVERLOADED",
             ),
             (ApiError::TooLarge(String::new()), -32007, "TOO_LARGE"),
+            (
+                ApiError::Unauthorized(String::new()),
+                -32012,
+                "UNAUTHORIZED",
+            ),
+            (
+                ApiError::RateLimited {
+                    message: String::new(),
+                    retry_after_ms: 20,
+                },
+                -32013,
+                "RATE_LIMITED",
+            ),
         ];
         for (e, code, name) in cases {
             assert_eq!(e.code(), code);
@@ -167,5 +200,13 @@ mod tests {
             assert_eq!(e.data()["code"], name);
         }
         assert_eq!(ApiError::no_leader().data()["retry_after_ms"], 500);
+        let limited = ApiError::RateLimited {
+            message: String::new(),
+            retry_after_ms: 20,
+        };
+        assert_eq!(limited.data()["retry_after_ms"], 20);
+        // Auth refusals are the client's, never counted against the node.
+        assert!(!crate::metrics::is_server_error(-32012));
+        assert!(!crate::metrics::is_server_error(-32013));
     }
 }

@@ -95,6 +95,14 @@ pub enum NodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The admin token file is unreadable, malformed or readable by others.
+    #[error("admin token {path}: {reason}")]
+    AdminToken {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// The node key is missing, unreadable or malformed.
     #[error("node key {path}: {reason}")]
     Key {
@@ -125,6 +133,11 @@ pub enum NodeError {
     /// Storage or consensus failed to open or failed at run time.
     #[error("consensus: {0}")]
     Consensus(String),
+    /// Client auth is enabled but cannot be set up: the tokens file is
+    /// unreadable, malformed, too large or too open, or the JWT issuer key
+    /// is invalid. The reason names the file or key and the entry.
+    #[error("client auth: {0}")]
+    Auth(String),
     /// The p2p service failed to start.
     #[error("p2p: {0}")]
     P2p(String),

@@ -3,7 +3,9 @@
 //! (can this node serve consistent reads and writes now?).
 //!
 //! Owns: refreshing the state gauges of [`crate::metrics::Metrics`] from
-//! node state just before a scrape, and the readiness rule.
+//! node state just before a scrape, the readiness rule, and the disk watch
+//! ([`watch_disk`]: free space of the data directory's filesystem, warned
+//! about below `storage.min_free_bytes`).
 //! Must not: change node state, block the server (the database size walk
 //! runs on a blocking thread, the peer query is bounded by the p2p
 //! service's own timeout) or answer anything but those three paths; every
@@ -14,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use crate::metrics::int;
+use crate::metrics::{int, DiskReading};
 use crate::node::Node;
 
 /// Operator settings of these endpoints, from the config.
@@ -124,6 +127,9 @@ fn ready(node: &Node) -> HttpResponse {
         "last_log_index": v.last_log_index,
         "applied_index": v.applied_index,
     });
+    // Low disk does not make the node unready (it still serves and commits
+    // correctly); it is said here so that whoever polls /ready sees it.
+    body["warnings"] = json!(node.metrics.warnings());
     let status = match r.reason {
         None => http::StatusCode::OK,
         Some(reason) => {
@@ -150,8 +156,106 @@ fn dir_size(dir: &Path, depth: u8) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
-/// Sets every state gauge from the node, then encodes all metrics.
-async fn scrape(node: Arc<Node>) -> HttpResponse {
+/// How often the disk watch reads free space and the database size.
+const DISK_WATCH_PERIOD: Duration = Duration::from_secs(10);
+/// Least time between two low-disk warnings in the log.
+const DISK_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Bytes of the filesystem holding `path` that an unprivileged process may
+/// still use (`statvfs`: `f_bavail * f_frsize`; root's reserve excluded, as
+/// the node should not count on it).
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call,
+    // and `st` points to writable memory of the struct's size.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct (which was
+    // zero-initialized anyway, a valid value for its plain integer fields).
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::useless_conversion)] // u32 fields on 32-bit targets
+    let (avail, frsize) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(avail.saturating_mul(frsize))
+}
+
+/// The disk watch: every [`DISK_WATCH_PERIOD`] (and at once) reads the
+/// free space of `data_dir`'s filesystem and the database size into the
+/// metrics, and logs a warning, at most every [`DISK_WARN_EVERY`], while
+/// free space is below `min_free` (`storage.min_free_bytes`). Runs until
+/// `stop` turns true; a failed read is logged and retried next period,
+/// never fatal (it only feeds operators).
+pub(crate) async fn watch_disk(
+    node: Arc<Node>,
+    data_dir: PathBuf,
+    min_free: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DISK_WATCH_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_warned: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let dir = data_dir.clone();
+        let db_dir = node.ops.db_dir.clone();
+        let read = tokio::task::spawn_blocking(move || (free_bytes(&dir), dir_size(&db_dir, 2)));
+        let (free, db_size) = match read.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "disk watch: the reading task failed");
+                continue;
+            }
+        };
+        node.metrics.db_size.set(int(db_size));
+        let free = match free {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!(error = %e, data_dir = %data_dir.display(), "disk watch: statvfs failed");
+                continue;
+            }
+        };
+        let reading = DiskReading { free, min_free };
+        node.metrics.set_disk(reading);
+        if let Some(warning) = reading.warning() {
+            if last_warned.is_none_or(|at| at.elapsed() >= DISK_WARN_EVERY) {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    free_bytes = free,
+                    min_free_bytes = min_free,
+                    "low disk space: {warning}; free space or grow the filesystem before the node can no longer write"
+                );
+                last_warned = Some(Instant::now());
+            }
+        } else {
+            last_warned = None;
+        }
+    }
+}
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics (Prometheus
+/// does, listing it first); anything else gets the Prometheus text format
+/// 0.0.4 (what curl and `promtool check metrics` read).
+fn wants_openmetrics(accept: Option<&http::HeaderValue>) -> bool {
+    accept
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"))
+}
+
+/// Sets every state gauge from the node, then encodes all metrics in
+/// OpenMetrics or, unless `openmetrics`, the Prometheus text format.
+async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
     let m = &node.metrics;
     let v = RaftView::of(&node);
     let term = node.raft.metrics().borrow().current_term;
@@ -206,12 +310,18 @@ async fn scrape(node: Arc<Node>) -> HttpResponse {
     }
     match m.encode() {
         Ok(text) => {
+            let (text, content_type) = if openmetrics {
+                (text, crate::metrics::OPENMETRICS_CONTENT_TYPE)
+            } else {
+                (
+                    crate::metrics::prometheus_text(&text),
+                    crate::metrics::PROMETHEUS_TEXT_CONTENT_TYPE,
+                )
+            };
             let mut response = HttpResponse::new(HttpBody::from(text));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                http::HeaderValue::from_static(content_type),
             );
             response
         }
@@ -288,7 +398,8 @@ where
                 }
                 "/metrics" => {
                     let node = self.node.clone();
-                    return Box::pin(async move { Ok(scrape(node).await) });
+                    let openmetrics = wants_openmetrics(req.headers().get(http::header::ACCEPT));
+                    return Box::pin(async move { Ok(scrape(node, openmetrics).await) });
                 }
                 "/ready" => {
                     let response = ready(&self.node);
@@ -377,6 +488,27 @@ mod tests {
         let r = readiness(&cut_off, 100, 2000);
         assert!(!r.ready);
         assert!(r.reason.unwrap_or_default().contains("without a quorum"));
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        let prometheus = http::HeaderValue::from_static(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        );
+        assert!(wants_openmetrics(Some(&prometheus)));
+        assert!(!wants_openmetrics(Some(&http::HeaderValue::from_static(
+            "*/*"
+        ))));
+        assert!(!wants_openmetrics(None));
+    }
+
+    #[test]
+    fn free_bytes_reads_the_filesystem() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let free = free_bytes(dir.path()).expect("statvfs of a temp dir");
+        assert!(free > 0, "a writable temp dir has free space");
+        let err = free_bytes(&dir.path().join("missing")).expect_err("no such path");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

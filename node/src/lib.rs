@@ -6,8 +6,10 @@
 //! crate names libp2p types (that is `bizra-p2p`'s job), and nothing below
 //! it knows about JSON-RPC.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
+mod auth;
 pub mod config;
 pub mod datadir;
 pub mod error;
@@ -15,6 +17,7 @@ mod finality;
 mod gossip;
 mod health;
 pub mod keyfile;
+mod membership;
 mod metrics;
 mod net;
 mod node;
@@ -27,6 +30,7 @@ mod rpc;
 pub mod submit;
 mod subscriptions;
 mod tasks;
+mod transfer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -96,16 +100,18 @@ pub async fn run_in(
 ) -> Result<(), NodeError> {
     // The key first: a key others can read is refused before anything else.
     let key = keyfile::read(&data_dir.path().join(keyfile::NODE_KEY_FILE))?;
+    let admin_token = admin::load_or_create_token(data_dir.path())?;
     let genesis = load_genesis(&config.genesis)?;
     let chain_id = genesis.chain_id();
     let public_key = key.verifying_key().to_bytes();
-    if !genesis
+    let in_genesis = genesis
         .validators
         .iter()
-        .any(|v| v.public_key == public_key)
-    {
+        .any(|v| v.public_key == public_key);
+    if !in_genesis && !config.raft.join {
         return Err(NodeError::NotAValidator(hex::encode(&public_key)));
     }
+    let admin_listener = admin::bind(&config)?;
     let node_id = bizra_crypto::node_id(&public_key);
     let validator_keys: HashMap<u64, [u8; 32]> = genesis
         .validators
@@ -128,6 +134,11 @@ pub async fn run_in(
     .map_err(|e| NodeError::P2p(e.to_string()))?;
 
     let db_dir = config.data_dir.join("db");
+    let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
+        config.rpc.latency_objective_ms,
+    )));
+    // Before the store opens, so that its first fdatasync is measured.
+    bizra_storage::set_sync_observer(Some(metrics.sync_observer()));
     let (log_store, state_machine, reader) = bizra_consensus::open(&db_dir, chain_id)
         .await
         .map_err(|e| NodeError::Consensus(e.to_string()))?;
@@ -147,9 +158,10 @@ pub async fn run_in(
     }
     .validate()
     .map_err(|e| NodeError::Consensus(format!("raft config: {e}")))?;
+    let members = Arc::new(membership::Members::new(validator_keys));
     let transport = net::P2pTransport {
         p2p: p2p.clone(),
-        keys: Arc::new(validator_keys),
+        members: members.clone(),
     };
     let raft = bizra_consensus::Raft::new(
         node_id,
@@ -165,7 +177,13 @@ pub async fn run_in(
         .is_initialized()
         .await
         .map_err(|e| NodeError::Consensus(e.to_string()))?;
-    if !initialized {
+    if !initialized && !in_genesis {
+        tracing::info!(
+            peer_id = %p2p.peer_id(),
+            public_key = %hex::encode(&public_key),
+            "not a genesis validator (raft.join = true): waiting to be added with `bizra-node admin add-learner`"
+        );
+    } else if !initialized {
         // Every genesis validator initializes with the same voter set;
         // openraft documents that as safe (identical config, no split brain).
         let members: BTreeMap<u64, openraft::BasicNode> = genesis
@@ -186,9 +204,6 @@ pub async fn run_in(
     let parallel = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
-        config.rpc.latency_objective_ms,
-    )));
     let (admitter, verifier_loop) = admission::Admitter::start(
         chain_id,
         genesis.policy.clone(),
@@ -230,6 +245,9 @@ pub async fn run_in(
         finality,
         commit_timeout: Duration::from_millis(config.admission.commit_timeout_ms),
         metrics,
+        members,
+        hand_over: std::sync::atomic::AtomicBool::new(false),
+        election_timeout_max: Duration::from_millis(config.raft.election_timeout_max_ms),
         ops: health::OpsConfig {
             ready_max_lag_entries: config.rpc.ready_max_lag_entries,
             db_dir: db_dir.clone(),
@@ -260,6 +278,19 @@ pub async fn run_in(
     );
     tasks.spawn("finality", finality_loop);
     tasks.spawn(
+        "membership-sync",
+        membership::run_sync(node.clone(), stop_rx.clone()),
+    );
+    tasks.spawn(
+        "disk-watch",
+        health::watch_disk(
+            node.clone(),
+            config.data_dir.clone(),
+            config.storage.min_free_bytes,
+            stop_rx.clone(),
+        ),
+    );
+    tasks.spawn(
         "p2p-inbound",
         net::serve_inbound(node.clone(), p2p_events, stop_rx.clone()),
     );
@@ -268,6 +299,10 @@ pub async fn run_in(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Client auth (docs/AUTH.md): a tokens file or issuer key that cannot
+    // be used stops start-up, so the node never serves half-protected.
+    let client_auth = auth::Auth::from_config(&config.auth, Some(node.metrics.clone()))
+        .map_err(NodeError::Auth)?;
     let rpc_handle = rpc::start(
         node.clone(),
         rpc_listener,
@@ -275,6 +310,7 @@ pub async fn run_in(
             max_body_bytes: config.rpc.max_body_bytes,
             max_connections: config.rpc.max_connections,
         },
+        client_auth,
     )
     .await
     .map_err(|reason| NodeError::Rpc {
@@ -282,9 +318,21 @@ pub async fn run_in(
         reason,
     })?;
 
+    let admin_addr = admin_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin_handle = admin::start(node.clone(), admin_listener, admin_token)
+        .await
+        .map_err(|reason| NodeError::Rpc {
+            addr: admin_addr.clone(),
+            reason,
+        })?;
+
     tracing::info!(
         node_id,
         public_key = %hex::encode(&public_key),
+        admin = %admin_addr,
         peer_id = %p2p.peer_id(),
         rpc = %rpc_addr,
         p2p = ?p2p.listen_addrs(),
@@ -307,7 +355,10 @@ pub async fn run_in(
     // openraft 0.9: the other voters refuse votes while the leader's lease
     // holds, so the others elect after their election timeout.)
     tracing::info!("shutting down");
-    let deadline = Duration::from_secs(5);
+    // The whole stop fits in shutdown.deadline_ms: half for in-flight
+    // requests, the rest shared by the tasks, Raft and p2p.
+    let deadline = Duration::from_millis(config.shutdown.deadline_ms) / 4;
+    let _ = admin_handle.stop();
     let _ = rpc_handle.stop();
     let _ = tokio::time::timeout(deadline, rpc_handle.stopped()).await;
     let _ = stop_tx.send(true);

@@ -11,6 +11,12 @@
 //! compliance window is a fixed ring of per-second buckets.
 //!
 //! The HTTP side (`GET /metrics`, `GET /ready`) is [`crate::health`].
+//!
+//! Storage: [`Metrics::sync_observer`] is installed with
+//! `bizra_storage::set_sync_observer` so every fdatasync and group commit
+//! bumps the `bizra_storage_*` families from the syncing thread (atomics
+//! only, no lock on that path but the family's read lock); the disk watch
+//! ([`crate::health::watch_disk`]) sets the free-space gauges.
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -102,7 +108,48 @@ pub(crate) struct AdminLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of the fdatasync families: `file` is `sled` (the Raft log, vote
+/// and state tables, in group-commit rounds) or `own_votes` (this
+/// validator's finality votes); two values, so bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    file: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Buckets of `bizra_storage_fsync_duration_seconds`: fine below 1 ms (an
+/// idle SSD), with exact edges at etcd's 10 ms guidance and around it, up
+/// to 1 s (a failing or saturated disk).
+const FSYNC_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+fn fsync_histogram() -> Histogram {
+    Histogram::new(FSYNC_BUCKETS)
+}
+
+/// The last free-space reading of the data directory's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiskReading {
+    /// Bytes available to the node (statvfs `f_bavail * f_frsize`).
+    pub(crate) free: u64,
+    /// `storage.min_free_bytes`.
+    pub(crate) min_free: u64,
+}
+
+impl DiskReading {
+    /// The operator warning for this reading, if free space is low.
+    pub(crate) fn warning(&self) -> Option<String> {
+        (self.free < self.min_free).then(|| {
+            format!(
+                "disk_free_bytes {} below storage.min_free_bytes {}",
+                self.free, self.min_free
+            )
+        })
+    }
+}
 
 /// All metrics of one node. Counters and histograms are bumped where things
 /// happen; the state gauges are set by [`crate::health`] just before each
@@ -142,6 +189,42 @@ pub(crate) struct Metrics {
     pub(crate) auth_refused: Family<AuthLabels, Counter>,
     /// Admin API calls by method and result.
     pub(crate) admin_requests: Family<AdminLabels, Counter>,
+    storage: StorageMetrics,
+    /// Free bytes on the data directory's filesystem (disk watch).
+    pub(crate) disk_free: Gauge,
+    /// `storage.min_free_bytes`, for alert rules to compare against.
+    pub(crate) disk_min_free: Gauge,
+    /// The last disk reading, for `GET /ready`'s warnings.
+    disk: Mutex<Option<DiskReading>>,
+}
+
+/// The storage families, cloned into the observer the storage calls (the
+/// handles share their values).
+#[derive(Clone)]
+struct StorageMetrics {
+    fsync_duration: Family<FileLabels, Histogram, fn() -> Histogram>,
+    fsyncs: Family<FileLabels, Counter>,
+    group_commits: Counter,
+    entries_synced: Counter,
+    requests_synced: Counter,
+}
+
+impl bizra_storage::SyncObserver for StorageMetrics {
+    fn fdatasync(&self, file: bizra_storage::SyncedFile, took: Duration) {
+        let labels = FileLabels {
+            file: file.as_str(),
+        };
+        self.fsync_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.fsyncs.get_or_create(&labels).inc();
+    }
+
+    fn group_commit(&self, waiters: usize, log_entries: u64) {
+        self.group_commits.inc();
+        self.entries_synced.inc_by(log_entries);
+        self.requests_synced.inc_by(waiters as u64);
+    }
 }
 
 /// A u64 as a gauge value, saturating (gauges are i64).
@@ -182,8 +265,30 @@ impl Metrics {
             db_size: Gauge::default(),
             auth_refused: Family::default(),
             admin_requests: Family::default(),
+            storage: StorageMetrics {
+                fsync_duration: Family::new_with_constructor(fsync_histogram),
+                fsyncs: Family::default(),
+                group_commits: Counter::default(),
+                entries_synced: Counter::default(),
+                requests_synced: Counter::default(),
+            },
+            disk_free: Gauge::default(),
+            disk_min_free: Gauge::default(),
+            disk: Mutex::new(None),
         };
         m.compliance_score.set(100.0);
+        // Both files' series exist from the start, at zero, so rate() and
+        // histogram_quantile() work before the first sync.
+        for file in [
+            bizra_storage::SyncedFile::Sled,
+            bizra_storage::SyncedFile::OwnVotes,
+        ] {
+            let labels = FileLabels {
+                file: file.as_str(),
+            };
+            drop(m.storage.fsync_duration.get_or_create(&labels));
+            drop(m.storage.fsyncs.get_or_create(&labels));
+        }
         r.register(
             "bizra_admissions",
             "Admission checks by result (ok or the protocol error name) and source (client or gossip)",
@@ -295,7 +400,61 @@ impl Metrics {
             "Admin API calls by method and result (ok, refused: bad or missing token, error)",
             m.admin_requests.clone(),
         );
+        r.register(
+            "bizra_storage_fsync_duration_seconds",
+            "Duration of each fdatasync of a data file, by file (sled: Raft log, vote and state tables in group-commit rounds; own_votes: this validator's finality votes)",
+            m.storage.fsync_duration.clone(),
+        );
+        r.register(
+            "bizra_storage_fsyncs",
+            "Successful fdatasyncs of data files, by file",
+            m.storage.fsyncs.clone(),
+        );
+        r.register(
+            "bizra_storage_group_commits",
+            "Group-commit rounds (sled flush + fdatasync) that made queued Raft log appends and vote saves durable",
+            m.storage.group_commits.clone(),
+        );
+        r.register(
+            "bizra_storage_entries_synced",
+            "Raft log entries made durable by group commits; divide its rate by that of bizra_storage_group_commits_total for entries per commit",
+            m.storage.entries_synced.clone(),
+        );
+        r.register(
+            "bizra_storage_sync_requests",
+            "Requests (Raft log appends, vote saves, explicit syncs) completed by group commits",
+            m.storage.requests_synced.clone(),
+        );
+        r.register(
+            "bizra_storage_disk_free_bytes",
+            "Bytes available to the node on the data directory's filesystem, read every 10 s",
+            m.disk_free.clone(),
+        );
+        r.register(
+            "bizra_storage_min_free_bytes",
+            "The storage.min_free_bytes setting: below it the node warns",
+            m.disk_min_free.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// The observer to install with `bizra_storage::set_sync_observer`: it
+    /// feeds the `bizra_storage_*` fsync and group-commit families.
+    pub(crate) fn sync_observer(&self) -> Arc<dyn bizra_storage::SyncObserver> {
+        Arc::new(self.storage.clone())
+    }
+
+    /// Records a disk-watch reading (gauges and `/ready` warnings).
+    pub(crate) fn set_disk(&self, reading: DiskReading) {
+        self.disk_free.set(int(reading.free));
+        self.disk_min_free.set(int(reading.min_free));
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
+    }
+
+    /// Operator warnings that do not make the node unready (low disk).
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let reading = *self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        reading.and_then(|r| r.warning()).into_iter().collect()
     }
 
     /// Counts one admission decision.
@@ -368,6 +527,64 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// Content type of [`prometheus_text`]'s output.
+pub(crate) const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`Metrics::encode`]'s output.
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition made by
+/// [`Metrics::encode`], for scrapers that do not ask for OpenMetrics:
+/// `curl`, older Prometheus servers and `promtool check metrics`, whose
+/// parser reads only this format and reports every OpenMetrics counter as
+/// having "no help text" (its HELP and TYPE name the family `x`, its
+/// sample is `x_total`).
+///
+/// The two formats differ, for what prometheus-client writes, in: a
+/// counter's HELP/TYPE name (`x` there, `x_total` here), `# UNIT` and
+/// `# EOF` lines (absent here), `unknown` typed as `untyped`, and quotes
+/// in HELP (escaped there, plain here). Samples are the same lines.
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(_, kind)| *kind == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("HELP", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("TYPE", rest)));
+        match meta {
+            Some((what, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                let tail = match (what, tail) {
+                    ("TYPE", "unknown") => "untyped".to_string(),
+                    ("HELP", help) => help.replace("\\\"", "\""),
+                    (_, other) => other.to_string(),
+                };
+                out.push_str(&format!("# {what} {name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// True for JSON-RPC error codes that mean the node, not the client, failed:
@@ -655,6 +872,101 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ahsan_compliance_score 50.0"), "{text}");
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_drops_eof() {
+        let m = Metrics::new(Duration::from_millis(50));
+        m.admission(Source::Gossip, &Ok([0u8; 32]));
+        m.rpc_answered(false, Duration::from_millis(1));
+        let om = m.encode().expect("encodes");
+        let text = prometheus_text(&om);
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("# TYPE bizra_admissions_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP bizra_admissions_total Admission checks"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE bizra_raft_term gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE bizra_storage_fsync_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bizra_admissions_total{result=\"ok\",source=\"gossip\"} 1\n"),
+            "{text}"
+        );
+        // Every sample line is kept, in order.
+        let samples = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        // Every sample's family has HELP and TYPE under the sample's name
+        // (or its histogram base name), as the 0.0.4 parser wants.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                })
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
+        assert_eq!(
+            prometheus_text("# HELP a_x say \\\"hi\\\"\n# TYPE a_x unknown\na_x 1\n# EOF\n"),
+            "# HELP a_x say \"hi\"\n# TYPE a_x untyped\na_x 1\n"
+        );
+    }
+
+    #[test]
+    fn storage_observations_are_exported() {
+        let m = Metrics::new(Duration::from_millis(50));
+        let o = m.sync_observer();
+        o.fdatasync(bizra_storage::SyncedFile::Sled, Duration::from_micros(700));
+        o.fdatasync(
+            bizra_storage::SyncedFile::OwnVotes,
+            Duration::from_millis(20),
+        );
+        o.group_commit(3, 5);
+        o.group_commit(1, 2);
+        m.set_disk(DiskReading {
+            free: 10,
+            min_free: 20,
+        });
+        let text = m.encode().expect("encodes");
+        for line in [
+            "bizra_storage_fsyncs_total{file=\"sled\"} 1",
+            "bizra_storage_fsyncs_total{file=\"own_votes\"} 1",
+            "bizra_storage_fsync_duration_seconds_bucket{le=\"0.001\",file=\"sled\"} 1",
+            "bizra_storage_fsync_duration_seconds_bucket{le=\"0.0005\",file=\"sled\"} 0",
+            "bizra_storage_fsync_duration_seconds_bucket{le=\"0.015\",file=\"own_votes\"} 0",
+            "bizra_storage_fsync_duration_seconds_bucket{le=\"0.025\",file=\"own_votes\"} 1",
+            "bizra_storage_group_commits_total 2",
+            "bizra_storage_entries_synced_total 7",
+            "bizra_storage_sync_requests_total 4",
+            "bizra_storage_disk_free_bytes 10",
+            "bizra_storage_min_free_bytes 20",
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+        assert_eq!(
+            m.warnings(),
+            vec!["disk_free_bytes 10 below storage.min_free_bytes 20".to_string()]
+        );
+        m.set_disk(DiskReading {
+            free: 20,
+            min_free: 20,
+        });
+        assert!(m.warnings().is_empty());
     }
 
     #[test]

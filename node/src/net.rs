@@ -7,7 +7,6 @@
 //! messages are handled at once so a flood from one peer cannot exhaust the
 //! node.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bizra_consensus::{RaftRpcRequest, RaftRpcResponse, Transport, TransportError};
@@ -28,6 +27,16 @@ const MAX_INBOUND_IN_FLIGHT: usize = 512;
 pub(crate) enum NetRequest {
     /// A Raft RPC for the consensus core.
     Raft(RaftRpcRequest),
+    /// Leadership transfer: do not start elections for this long.
+    HoldElections {
+        /// Milliseconds (capped at 60 s by the receiver).
+        millis: u64,
+    },
+    /// Leadership transfer: stand for election now, repeatedly, for this long.
+    StandForElection {
+        /// Milliseconds (capped at 60 s by the receiver).
+        millis: u64,
+    },
 }
 
 /// The answer to a [`NetRequest`].
@@ -38,14 +47,16 @@ pub(crate) enum NetResponse {
     Raft(Box<RaftRpcResponse>),
     /// The request could not be decoded or handled at all.
     Refused(String),
+    /// Done (for requests without an answer of their own).
+    Ok,
 }
 
 /// Raft's transport over the p2p service: maps Raft node ids to validator
-/// keys (both derive from the genesis file) and encodes with the codec.
+/// keys (genesis, plus members added at runtime) and encodes with the codec.
 #[derive(Clone)]
 pub(crate) struct P2pTransport {
     pub(crate) p2p: P2pHandle,
-    pub(crate) keys: Arc<HashMap<u64, [u8; 32]>>,
+    pub(crate) members: Arc<crate::membership::Members>,
 }
 
 impl Transport for P2pTransport {
@@ -55,19 +66,20 @@ impl Transport for P2pTransport {
         req: RaftRpcRequest,
     ) -> Result<RaftRpcResponse, TransportError> {
         let key = self
-            .keys
-            .get(&target)
-            .ok_or_else(|| TransportError::new(format!("node {target} is not a validator")))?;
+            .members
+            .key_of(target)
+            .ok_or_else(|| TransportError::new(format!("node {target} is not a member")))?;
         let bytes = codec::encode(&NetRequest::Raft(req))
             .map_err(|e| TransportError::new(format!("encode: {e}")))?;
         let answer = self
             .p2p
-            .request(*key, bytes)
+            .request(key, bytes)
             .await
             .map_err(|e| TransportError::new(e.to_string()))?;
         match codec::decode::<NetResponse>(&answer) {
             Ok(NetResponse::Raft(resp)) => Ok(*resp),
             Ok(NetResponse::Refused(why)) => Err(TransportError::new(format!("refused: {why}"))),
+            Ok(NetResponse::Ok) => Err(TransportError::new("unexpected answer".to_string())),
             Err(e) => Err(TransportError::new(format!("decode: {e}"))),
         }
     }
@@ -147,6 +159,26 @@ async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
     match request {
         NetRequest::Raft(rpc) => {
             NetResponse::Raft(Box::new(bizra_consensus::serve_rpc(&node.raft, rpc).await))
+        }
+        // Only the current leader may steer elections.
+        NetRequest::HoldElections { .. } | NetRequest::StandForElection { .. }
+            if node
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .and_then(|l| node.members.key_of(l))
+                != Some(from) =>
+        {
+            NetResponse::Refused("only the leader may hand leadership over".into())
+        }
+        NetRequest::HoldElections { millis } => {
+            crate::transfer::hold_elections(node, millis);
+            NetResponse::Ok
+        }
+        NetRequest::StandForElection { millis } => {
+            crate::transfer::stand_for_election(node, millis);
+            NetResponse::Ok
         }
     }
 }

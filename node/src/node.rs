@@ -40,4 +40,37 @@ pub(crate) struct Node {
     pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Settings of `GET /metrics` and `GET /ready`.
     pub(crate) ops: crate::health::OpsConfig,
+    /// Raft members this node can reach (genesis + added at runtime).
+    pub(crate) members: std::sync::Arc<crate::membership::Members>,
+    /// Set while this leader hands leadership over: it proposes nothing,
+    /// so the other voters' leases run out.
+    pub(crate) hand_over: std::sync::atomic::AtomicBool,
+    /// `raft.election_timeout_max_ms`: the leader lease of openraft 0.9.
+    pub(crate) election_timeout_max: Duration,
+}
+
+impl Node {
+    /// Sends a node-to-node request to member `id` and checks the answer.
+    pub(crate) async fn request(
+        &self,
+        id: u64,
+        request: crate::net::NetRequest,
+    ) -> Result<(), String> {
+        let key = self
+            .members
+            .key_of(id)
+            .ok_or_else(|| format!("node {id} is not a member"))?;
+        let bytes = bizra_crypto::codec::encode(&request).map_err(|e| e.to_string())?;
+        let answer = self
+            .p2p
+            .request(key, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        match bizra_crypto::codec::decode::<crate::net::NetResponse>(&answer) {
+            Ok(crate::net::NetResponse::Ok) => Ok(()),
+            Ok(crate::net::NetResponse::Refused(why)) => Err(why),
+            Ok(_) => Err("unexpected answer".into()),
+            Err(e) => Err(format!("undecodable answer: {e}")),
+        }
+    }
 }

@@ -38,7 +38,9 @@ pub(crate) struct ProposerConfig {
 fn is_leader(node: &Node) -> bool {
     let m = node.raft.metrics();
     let m = m.borrow();
-    m.current_leader == Some(node.node_id) && m.state == openraft::ServerState::Leader
+    m.current_leader == Some(node.node_id)
+        && m.state == openraft::ServerState::Leader
+        && !node.hand_over.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Proposes blocks while this node leads, until shutdown.

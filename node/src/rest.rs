@@ -72,6 +72,7 @@ pub(crate) struct RestLayer {
     shared: Arc<Shared>,
 }
 
+#[derive(Clone)]
 struct Shared {
     chain_id: Hash,
     policy: Policy,
@@ -79,6 +80,9 @@ struct Shared {
     batches: Arc<Semaphore>,
     /// Where answered requests are accounted for `ahsan_compliance_score`.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Client auth (`None`: disabled); the validation endpoints need a
+    /// credential when it is on.
+    auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl RestLayer {
@@ -92,6 +96,7 @@ impl RestLayer {
                 max_body_bytes,
                 batches: Arc::new(Semaphore::new(MAX_BATCHES)),
                 metrics: None,
+                auth: None,
             }),
         }
     }
@@ -100,13 +105,21 @@ impl RestLayer {
     /// the JSON-RPC ones: 429 and 5xx are the node's failures, other
     /// refusals are the client's.
     pub(crate) fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> RestLayer {
-        let shared = Shared {
-            chain_id: self.shared.chain_id,
-            policy: self.shared.policy.clone(),
-            max_body_bytes: self.shared.max_body_bytes,
-            batches: self.shared.batches.clone(),
-            metrics: Some(metrics),
-        };
+        let mut shared = Shared::clone(&self.shared);
+        shared.metrics = Some(metrics);
+        RestLayer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Requires a credential on `POST /v1/validate` and `POST
+    /// /v1/validate/batch` (the original service's authenticated calls)
+    /// when `auth` is set: 401 UNAUTHORIZED with `WWW-Authenticate: Bearer`
+    /// or 429 RATE_LIMITED, before the body is looked at. The OpenAPI
+    /// document stays open.
+    pub(crate) fn with_auth(self, auth: Option<Arc<crate::auth::Auth>>) -> RestLayer {
+        let mut shared = Shared::clone(&self.shared);
+        shared.auth = auth;
         RestLayer {
             shared: Arc::new(shared),
         }
@@ -173,20 +186,36 @@ where
     let path = parts.uri.path().to_string();
     let (request_id, id_error) = request_id(&parts.headers);
     let context = header_text(&parts.headers, "x-ahsan-context");
-    let response = match route(&parts.method, &path, id_error, &request_id) {
-        Err(answer) => {
+    let routed = route(&parts.method, &path, id_error, &request_id);
+    let refused = match (&routed, &shared.auth) {
+        (Ok(Endpoint::Validate | Endpoint::ValidateBatch), Some(auth))
+            if auth.needs_credential(crate::auth::Access::Submit) =>
+        {
+            auth.check(&crate::auth::presented(&parts.headers)).err()
+        }
+        _ => None,
+    };
+    let response = match (routed, &refused) {
+        // Refused before any other work: nothing of the body is used.
+        (_, Some(refusal)) => {
+            discard(body, &shared).await?;
+            error_response(&with_request_id(Refusal::from_auth(refusal), &request_id))
+        }
+        (Err(answer), None) => {
             discard(body, &shared).await?;
             error_response(&answer)
         }
-        Ok(Endpoint::OpenApi) => {
+        (Ok(Endpoint::OpenApi), None) => {
             discard(body, &shared).await?;
             let mut r = HttpResponse::new(HttpBody::from(OPENAPI_DOCUMENT.to_string()));
             set_json(&mut r);
             r
         }
-        Ok(endpoint) => validate_endpoint(&shared, endpoint, &parts.headers, body, &request_id)
-            .await?
-            .unwrap_or_else(|e| error_response(&e)),
+        (Ok(endpoint), None) => {
+            validate_endpoint(&shared, endpoint, &parts.headers, body, &request_id)
+                .await?
+                .unwrap_or_else(|e| error_response(&e))
+        }
     };
     let mut response = response;
     // Every answer carries the request id, whatever produced it.
@@ -195,7 +224,10 @@ where
     }
     let status = response.status().as_u16();
     if let Some(metrics) = &shared.metrics {
-        metrics.rpc_answered(status == 429 || status >= 500, started.elapsed());
+        // A client over its own rate limit is the client's error, like a
+        // 401: only the node's 429 (OVERLOADED) counts against it.
+        let node_failed = status >= 500 || (status == 429 && refused.is_none());
+        metrics.rpc_answered(node_failed, started.elapsed());
     }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match context {
@@ -226,6 +258,18 @@ struct Refusal {
     message: String,
     retry_after_ms: Option<u64>,
     allow: Option<&'static str>,
+    /// `WWW-Authenticate` of a 401.
+    challenge: Option<&'static str>,
+}
+
+impl Refusal {
+    /// The answer to a request refused by client auth.
+    fn from_auth(refusal: &crate::auth::Refusal) -> Refusal {
+        Refusal {
+            challenge: refusal.challenge(),
+            ..Refusal::from(&refusal.to_api_error())
+        }
+    }
 }
 
 impl From<&ApiError> for Refusal {
@@ -242,10 +286,13 @@ impl From<&ApiError> for Refusal {
             ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limited"),
         };
         let retry_after_ms = match e {
             ApiError::Unavailable { retry_after_ms, .. }
-            | ApiError::Overloaded { retry_after_ms, .. } => Some(*retry_after_ms),
+            | ApiError::Overloaded { retry_after_ms, .. }
+            | ApiError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         };
         Refusal {
@@ -255,6 +302,9 @@ impl From<&ApiError> for Refusal {
             message: e.to_string(),
             retry_after_ms,
             allow: None,
+            // RFC 7235: a 401 always carries a challenge.
+            challenge: matches!(e, ApiError::Unauthorized(_))
+                .then_some("Bearer realm=\"bizra-node\""),
         }
     }
 }
@@ -290,6 +340,12 @@ fn error_response(answer: &Answer) -> HttpResponse {
         response
             .headers_mut()
             .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(challenge) = r.challenge {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     response
 }
@@ -334,6 +390,7 @@ fn route(
                     ),
                     retry_after_ms: None,
                     allow: None,
+                    challenge: None,
                 },
                 request_id,
             )))
@@ -357,6 +414,7 @@ fn route(
                 } else {
                     "POST"
                 }),
+                challenge: None,
             },
             request_id,
         )));
@@ -842,6 +900,72 @@ mod tests {
             text.contains("bizra_rpc_requests_total{outcome=\"met\"} 2"),
             "{text}"
         );
+        assert!(text.contains("ahsan_compliance_score 100"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn with_auth_validation_needs_a_token_and_the_document_stays_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            "[[token]]\nname = \"ci\"\ntoken = \"ci-token-0123456789\"\nrate_per_s = 1\n",
+        )
+        .expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        let section = crate::config::AuthSection {
+            enabled: true,
+            tokens_file: tokens,
+            ..crate::config::AuthSection::default()
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            std::time::Duration::from_secs(60),
+        ));
+        let auth = crate::auth::Auth::from_config(&section, Some(metrics.clone()))
+            .expect("valid")
+            .expect("enabled");
+        let layer = layer().with_metrics(metrics.clone()).with_auth(Some(auth));
+        let good = attestation(9750, crate::now_ms()).to_string();
+
+        let r = send_with(&layer, Method::POST, VALIDATE, &[], good.clone()).await;
+        assert_error(&r, 401, "UNAUTHORIZED");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"bizra-node\"")
+        );
+        let wrong = [("authorization", "Bearer not-the-token-000000")];
+        let r = send_with(&layer, Method::POST, VALIDATE_BATCH, &wrong, "{}".into()).await;
+        assert_error(&r, 401, "UNAUTHORIZED");
+        assert!(header(&r, "www-authenticate").is_some_and(|c| c.contains("invalid_token")));
+        let ok = [("authorization", "Bearer ci-token-0123456789")];
+        let r = send_with(&layer, Method::POST, VALIDATE, &ok, good.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // 1 per second: the next one is over the token's limit.
+        let r = send_with(&layer, Method::POST, VALIDATE, &ok, good).await;
+        assert_error(&r, 429, "RATE_LIMITED");
+        assert!(r.body["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 1));
+        assert_eq!(header(&r, "retry-after"), Some("1"));
+        let r = send_with(&layer, Method::GET, OPENAPI, &[], String::new()).await;
+        assert_eq!(r.status, 200);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("bizra_auth_refused_total{reason=\"missing\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bizra_auth_refused_total{reason=\"invalid\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bizra_auth_refused_total{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        // Refusals are the client's errors: the score stays 100.
         assert!(text.contains("ahsan_compliance_score 100"), "{text}");
     }
 

@@ -49,10 +49,20 @@ pub(crate) struct RpcLimits {
 }
 
 /// Starts serving on an already-bound listener (so tests can bind port 0).
+///
+/// `auth` (built from `[auth]`, `None` when disabled) guards the client
+/// methods: the REST layer checks its endpoints itself, and JSON-RPC calls
+/// (HTTP, batches, WebSocket) are checked by an RPC middleware before any
+/// handler runs, from the `Authorization` header that [`CredentialLayer`]
+/// hands down. `/health`, `/ready`, `/metrics` (answered before either)
+/// and `rpc.discover` stay open.
+///
+/// [`CredentialLayer`]: crate::auth::CredentialLayer
 pub(crate) async fn start(
     node: Arc<Node>,
     listener: std::net::TcpListener,
     limits: RpcLimits,
+    auth: Option<Arc<crate::auth::Auth>>,
 ) -> Result<ServerHandle, String> {
     listener
         .set_nonblocking(true)
@@ -65,8 +75,10 @@ pub(crate) async fn start(
                 node.genesis.policy.clone(),
                 limits.max_body_bytes,
             )
-            .with_metrics(node.metrics.clone()),
+            .with_metrics(node.metrics.clone())
+            .with_auth(auth.clone()),
         )
+        .layer(crate::auth::CredentialLayer)
         .layer(BodyLimitLayer {
             max_body_bytes: limits.max_body_bytes,
         });
@@ -91,9 +103,15 @@ pub(crate) async fn start(
     let server = Server::builder()
         .set_config(server_config)
         .set_http_middleware(http)
-        .set_rpc_middleware(jsonrpsee::core::middleware::RpcServiceBuilder::new().layer(
-            crate::metrics::RpcAccountingLayer::new(node.metrics.clone()),
-        ))
+        // Accounting sees every answer, auth refusals included (they are
+        // the client's errors, so they do not lower the compliance score).
+        .set_rpc_middleware(
+            jsonrpsee::core::middleware::RpcServiceBuilder::new()
+                .layer(crate::metrics::RpcAccountingLayer::new(
+                    node.metrics.clone(),
+                ))
+                .layer(crate::auth::AuthRpcLayer::new(auth.clone())),
+        )
         .build_from_tcp(listener)
         .map_err(|e| e.to_string())?;
     let mut module = module(node).map_err(|e| e.to_string())?;
@@ -104,6 +122,17 @@ pub(crate) async fn start(
         .method_names()
         .chain(std::iter::once("rpc.discover"))
         .collect();
+    if auth.is_some() {
+        // Auth closes what it does not know to be a read; say so, so a
+        // new read method is added to the list instead of staying closed.
+        for name in &names {
+            if crate::auth::rpc_access(name) == crate::auth::Access::Submit
+                && !crate::auth::SUBMIT_METHODS.contains(name)
+            {
+                tracing::warn!(method = %name, "method is neither a known read nor a submission; client auth treats it as a submission");
+            }
+        }
+    }
     let document = Arc::new(crate::openrpc::served_document(names)?);
     module
         .register_method("rpc.discover", move |_, _, _| {

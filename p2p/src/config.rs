@@ -237,7 +237,7 @@ pub(crate) fn check(cfg: P2pConfig, limits: Limits) -> Result<Checked, P2pError>
 
 /// Splits `/ip4/…/tcp/…/p2p/<PeerId>` into the PeerId and the address
 /// without its `/p2p` suffix.
-fn parse_bootstrap(text: &str) -> Result<(PeerId, Multiaddr), P2pError> {
+pub(crate) fn parse_bootstrap(text: &str) -> Result<(PeerId, Multiaddr), P2pError> {
     let bad = |reason: String| P2pError::InvalidAddress {
         key: "bootstrap",
         addr: text.to_string(),

@@ -270,6 +270,60 @@ impl P2pHandle {
         }
     }
 
+    /// Adds a validator key to the allow-list at runtime (a member added to
+    /// Raft). With `addr` (a multiaddr ending in `/p2p/<PeerId>` of this
+    /// key) the service also dials it and keeps re-dialing it.
+    pub async fn allow_peer(&self, key: [u8; 32], addr: Option<&str>) -> Result<(), P2pError> {
+        let addr = match addr {
+            Some(text) => {
+                let (peer, addr) = crate::config::parse_bootstrap(text)?;
+                if peer != crate::identity::peer_id_from_key(&key) {
+                    return Err(P2pError::InvalidAddress {
+                        key: "addr",
+                        addr: text.to_string(),
+                        reason: "its /p2p/ PeerId is not the one of this key".into(),
+                    });
+                }
+                Some(addr)
+            }
+            None => None,
+        };
+        self.set_allowed(key, true, addr).await
+    }
+
+    /// Removes a key from the allow-list and closes its connections (a
+    /// member removed from Raft that is not a genesis validator).
+    pub async fn disallow_peer(&self, key: [u8; 32]) -> Result<(), P2pError> {
+        self.set_allowed(key, false, None).await
+    }
+
+    async fn set_allowed(
+        &self,
+        key: [u8; 32],
+        allow: bool,
+        addr: Option<libp2p::Multiaddr>,
+    ) -> Result<(), P2pError> {
+        let (reply, answer) = oneshot::channel();
+        let query = async {
+            self.inner
+                .commands
+                .send(Command::SetAllowed {
+                    key,
+                    allow,
+                    addr,
+                    reply,
+                })
+                .await
+                .map_err(|_| P2pError::Stopped)?;
+            answer.await.map_err(|_| P2pError::Stopped)
+        };
+        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, query)
+            .await
+            .unwrap_or(Err(P2pError::Unresponsive {
+                after: LOCAL_QUERY_TIMEOUT,
+            }))
+    }
+
     /// Allowed peers connected right now, with their remote address, sorted
     /// by PeerId.
     pub async fn connected_peers(&self) -> Result<Vec<PeerInfo>, P2pError> {

@@ -28,6 +28,15 @@ pub(crate) fn peer_id_from_key(public_key: &[u8; 32]) -> PeerId {
     PeerId::from_bytes(&bytes).expect("identity multihash of an ed25519 key is a valid PeerId")
 }
 
+/// The Ed25519 key inside an inline (identity-multihash) PeerId, the kind
+/// [`peer_id_from_key`] makes; `None` for any other PeerId.
+pub(crate) fn key_from_peer_id(peer: &PeerId) -> Option<[u8; 32]> {
+    let bytes = peer.to_bytes();
+    let rest = bytes.strip_prefix(&[0x00, 36][..])?;
+    let key = rest.strip_prefix(&ED25519_PROTOBUF_PREFIX[..])?;
+    key.try_into().ok()
+}
+
 /// Checks that `public_key` is a usable Ed25519 key (a valid curve point).
 pub(crate) fn is_valid_public_key(public_key: &[u8; 32]) -> bool {
     identity::ed25519::PublicKey::try_from_bytes(public_key).is_ok()
@@ -51,6 +60,7 @@ mod tests {
         for i in 0u8..16 {
             let (keypair, public) = keypair_from_seed(&[i; 32]).unwrap();
             assert_eq!(peer_id_from_key(&public), keypair.public().to_peer_id());
+            assert_eq!(key_from_peer_id(&peer_id_from_key(&public)), Some(public));
             assert!(is_valid_public_key(&public));
         }
     }

@@ -73,6 +73,14 @@ pub fn peer_id_of(public_key: &[u8; 32]) -> String {
     identity::peer_id_from_key(public_key).to_string()
 }
 
+/// The Ed25519 public key of a PeerId written as text, or of the `/p2p/`
+/// suffix of a multiaddr; `None` if it is neither or holds no inline key.
+pub fn public_key_of_peer_id(text: &str) -> Option<[u8; 32]> {
+    let peer_text = text.rsplit("/p2p/").next()?;
+    let peer: libp2p::PeerId = peer_text.parse().ok()?;
+    identity::key_from_peer_id(&peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

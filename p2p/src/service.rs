@@ -75,6 +75,14 @@ pub(crate) enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, P2pError>>,
     },
+    /// Add a key to the allow-list (and, with an address, keep dialing it),
+    /// or remove one (closing its connections).
+    SetAllowed {
+        key: [u8; 32],
+        allow: bool,
+        addr: Option<Multiaddr>,
+        reply: oneshot::Sender<()>,
+    },
     /// Report the connected allowed peers.
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
@@ -452,6 +460,15 @@ impl SwarmTask {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.connected_peers());
             }
+            Command::SetAllowed {
+                key,
+                allow,
+                addr,
+                reply,
+            } => {
+                self.set_allowed(key, allow, addr);
+                let _ = reply.send(());
+            }
             // The caller timed out while the command was queued: it was
             // told the message was not taken, so do not send it.
             Command::Publish { reply, .. } if reply.is_closed() => {}
@@ -517,6 +534,42 @@ impl SwarmTask {
             .is_err()
         {
             tracing::debug!("answer dropped: its request timed out or the connection closed");
+        }
+    }
+
+    /// Membership changes at runtime: a key added to the Raft membership is
+    /// allowed (an explicit gossip peer, re-dialed if an address is known);
+    /// a removed one is denied and disconnected.
+    fn set_allowed(&mut self, key: [u8; 32], allow: bool, addr: Option<Multiaddr>) {
+        let peer = crate::identity::peer_id_from_key(&key);
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let behaviour = self.swarm.behaviour_mut();
+        if allow {
+            if self.allowed.insert(peer, key).is_none() {
+                tracing::info!(peer = %peer, "peer added to the allow-list");
+            }
+            behaviour.allow_list.allow_peer(peer);
+            behaviour.gossipsub.add_explicit_peer(&peer);
+            if let Some(addr) = addr {
+                let entry = self.bootstrap.entry(peer).or_insert_with(|| Bootstrap {
+                    addrs: Vec::new(),
+                    backoff: REDIAL_BASE.min(self.max_redial_backoff),
+                    next_dial: Instant::now(),
+                    connected_since: None,
+                });
+                if !entry.addrs.contains(&addr) {
+                    entry.addrs.push(addr);
+                }
+                entry.next_dial = Instant::now();
+                self.redial_due(Instant::now());
+            }
+        } else if self.allowed.remove(&peer).is_some() {
+            tracing::info!(peer = %peer, "peer removed from the allow-list");
+            behaviour.allow_list.disallow_peer(peer);
+            behaviour.gossipsub.remove_explicit_peer(&peer);
+            self.bootstrap.remove(&peer);
         }
     }
 

@@ -34,6 +34,11 @@
 //! started ([`Store::sync_count`] counts rounds). Raft appends go through
 //! it, and `save_vote` waits for it before returning.
 //!
+//! Metrics: [`set_sync_observer`] installs a [`SyncObserver`] that is told
+//! the duration of every fdatasync of a data file and the size of every
+//! group commit; the node exports them, this crate names no metrics
+//! library.
+//!
 //! Own finality votes are not in sled: they are appended to their own file,
 //! `own_votes.log`, with one `fdatasync` per
 //! [`FinalityTables::record_own_votes`] call, before they may be sent (a
@@ -64,6 +69,7 @@ pub use raft_log::{LogStore, MAX_READ_BYTES};
 pub use snapshot::{SnapshotFile, SnapshotMetaOf};
 pub use state::{
     HeadRef, IndexEntry, LogIdOf, MembershipOf, NewBlock, ParsedSnapshot, StateTables, StateUpdate,
-    StoredAttestation, StoredBlock,
+    StoredAttestation, StoredBlock, VoterSetChange,
 };
 pub use store::Store;
+pub use syncer::{set_sync_observer, SyncObserver, SyncedFile};

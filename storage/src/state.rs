@@ -14,6 +14,7 @@
 //! 'H' ‖ block_hash (32)                        → height (u64 BE)
 //! 'T' ‖ attester (32) ‖ height ‖ index (u32 BE) → id
 //! 'P' ‖ poi_hash (32) ‖ height ‖ index (u32 BE) → id
+//! 'V' ‖ from_height (u64 BE)                   → VoterSetChange
 //! "Mhead"                                      → HeadRef
 //! "Mapplied"                                   → Option<LogId> (last applied)
 //! "Mmembership"                                → StoredMembership (last)
@@ -81,6 +82,26 @@ pub struct IndexEntry {
     pub id: Hash,
 }
 
+/// The Raft membership as the chain records it: every membership entry
+/// writes one, keyed by the first height it governs (the head's height + 1
+/// when it applied), so "who were the voters of height h" is one lookup and
+/// travels in snapshots like any block. Deterministic: it depends only on
+/// the entry and the committed head.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterSetChange {
+    /// First block height this membership applies to.
+    pub from_height: u64,
+    /// Raft log index of the membership entry.
+    pub log_index: u64,
+    /// Voters (node id → libp2p PeerId, which embeds the Ed25519 key). In a
+    /// joint configuration, the union of both voter sets.
+    pub voters: std::collections::BTreeMap<u64, String>,
+    /// Non-voting members (learners).
+    pub learners: std::collections::BTreeMap<u64, String>,
+    /// True while a change is half done (joint consensus).
+    pub joint: bool,
+}
+
 /// A block to write: the header, its hash, and the accepted attestations
 /// with their ids, in block order.
 #[derive(Clone, Debug)]
@@ -113,6 +134,7 @@ mod key {
     pub(super) const BLOCK_HASH: u8 = b'H';
     pub(super) const BY_ATTESTER: u8 = b'T';
     pub(super) const BY_POI: u8 = b'P';
+    pub(super) const VOTER_SET: u8 = b'V';
     pub(super) const HEAD: &[u8] = b"Mhead";
     pub(super) const APPLIED: &[u8] = b"Mapplied";
     pub(super) const MEMBERSHIP: &[u8] = b"Mmembership";
@@ -146,7 +168,7 @@ mod key {
     pub(super) fn valid_in_snapshot(k: &[u8]) -> bool {
         match k.first() {
             Some(&ATTESTATION) | Some(&BLOCK_HASH) => k.len() == 33,
-            Some(&BLOCK) => k.len() == 9,
+            Some(&BLOCK) | Some(&VOTER_SET) => k.len() == 9,
             Some(&BY_ATTESTER) | Some(&BY_POI) => k.len() == 45,
             _ => k == HEAD,
         }
@@ -251,6 +273,31 @@ impl StateTables {
                     head.height
                 ))),
             },
+            None => Ok(None),
+        }
+    }
+
+    /// Every recorded membership, oldest first (see [`VoterSetChange`]).
+    pub fn voter_set_changes(&self) -> Result<Vec<VoterSetChange>> {
+        self.tree
+            .scan_prefix([key::VOTER_SET])
+            .map(|kv| decode("voter set change", &kv?.1))
+            .collect()
+    }
+
+    /// The membership governing block `height`: the latest change with
+    /// `from_height <= height`; `None` if none is recorded (only before the
+    /// first membership entry applied).
+    pub fn voter_set_at(&self, height: u64) -> Result<Option<VoterSetChange>> {
+        let mut end = [0u8; 9];
+        end[0] = key::VOTER_SET;
+        end[1..].copy_from_slice(&height.to_be_bytes());
+        match self
+            .tree
+            .range(&[key::VOTER_SET][..]..=&end[..])
+            .next_back()
+        {
+            Some(kv) => decode("voter set change", &kv?.1).map(Some),
             None => Ok(None),
         }
     }
@@ -363,6 +410,22 @@ impl StateTables {
             batch.insert(key::HEAD, encode("head", &head)?);
         }
         if let Some(m) = update.membership {
+            let from_height = self.head_ref()?.map(|h| h.height).unwrap_or(0) + 1;
+            let node = |id: &u64| {
+                let addr = m.membership().get_node(id).map(|n| n.addr.clone());
+                (*id, addr.unwrap_or_default())
+            };
+            let change = VoterSetChange {
+                from_height,
+                log_index: m.log_id().map(|l| l.index).unwrap_or(0),
+                voters: m.membership().voter_ids().map(|id| node(&id)).collect(),
+                learners: m.membership().learner_ids().map(|id| node(&id)).collect(),
+                joint: m.membership().get_joint_config().len() > 1,
+            };
+            let mut k = [0u8; 9];
+            k[0] = key::VOTER_SET;
+            k[1..].copy_from_slice(&from_height.to_be_bytes());
+            batch.insert(&k[..], encode("voter set change", &change)?);
             batch.insert(key::MEMBERSHIP, encode("membership", &m)?);
         }
         batch.insert(

@@ -26,6 +26,11 @@
 //! takes every queued callback, does ONE flush + fdatasync round, then
 //! completes them all. A callback queued after the round started waits for
 //! the next round, since its writes may not be covered.
+//!
+//! Observation: every fdatasync of a data file (here and in `vote_log`) and
+//! every successful round are reported to the process's [`SyncObserver`],
+//! if one is installed with [`set_sync_observer`], so that the node can
+//! export fsync latency without this crate knowing about Prometheus.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -33,8 +38,9 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -46,6 +52,80 @@ pub(crate) type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
 /// many concurrent direct users (tests, vote writes); it keeps the queue
 /// bounded as the workspace rules require.
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
+
+/// Which file an observed fdatasync made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncedFile {
+    /// sled's files: its log file `db` (holding the Raft log, the vote and
+    /// the state tables) or one of its blob files, in a group-commit round.
+    Sled,
+    /// `own_votes.log`, once per own-finality-vote append.
+    OwnVotes,
+}
+
+impl SyncedFile {
+    /// A short stable name, usable as a metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncedFile::Sled => "sled",
+            SyncedFile::OwnVotes => "own_votes",
+        }
+    }
+}
+
+/// Told about every fdatasync and every group commit of the storage, for
+/// metrics. Called on the syncing thread right after the syscall returns,
+/// so implementations must be cheap and must not block (bump atomics).
+pub trait SyncObserver: Send + Sync + 'static {
+    /// One successful `fdatasync` of `file` took `took`.
+    fn fdatasync(&self, file: SyncedFile, took: Duration);
+    /// One successful group-commit round made `waiters` queued requests
+    /// (Raft log appends, vote saves, explicit syncs) durable, and with
+    /// them `log_entries` new Raft log entries (the growth of the last log
+    /// index since the previous round; entries re-appended after a
+    /// truncation of the log's tail are not counted).
+    fn group_commit(&self, waiters: usize, log_entries: u64);
+}
+
+/// The process's observer. Process-wide rather than per store because the
+/// store is opened deep inside `bizra-consensus` and a daemon process runs
+/// one node; in-process tests that open several stores install none.
+static OBSERVER: RwLock<Option<Arc<dyn SyncObserver>>> = RwLock::new(None);
+
+/// Installs (or with `None` removes) the observer every store of this
+/// process reports its fdatasyncs and group commits to; a later call
+/// replaces an earlier one.
+pub fn set_sync_observer(observer: Option<Arc<dyn SyncObserver>>) {
+    *OBSERVER
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = observer;
+}
+
+/// The installed observer, if any.
+pub(crate) fn observer() -> Option<Arc<dyn SyncObserver>> {
+    OBSERVER
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// `file.sync_data()`, timed and reported to the observer when it succeeds.
+pub(crate) fn fdatasync(
+    file: &File,
+    which: SyncedFile,
+    observer: Option<&dyn SyncObserver>,
+) -> io::Result<()> {
+    let started = Instant::now();
+    file.sync_data()?;
+    if let Some(o) = observer {
+        o.fdatasync(which, started.elapsed());
+    }
+    Ok(())
+}
+
+/// The raft log's tree name (as in `store`), read to count log entries per
+/// round.
+const RAFT_LOG_TREE: &str = "raft_log";
 
 /// Counters shared between the syncer thread and the store's users.
 #[derive(Debug, Default)]
@@ -66,13 +146,37 @@ pub(crate) struct DiskSync {
     blobs_synced: HashMap<OsString, u64>,
     /// Names in the sled directory when it was last fsynced.
     dir_names: BTreeSet<OsString>,
+    /// The Raft log tree, whose last index tells how many entries a round
+    /// covered.
+    log: sled::Tree,
+    /// Last Raft log index already counted as synced.
+    last_counted: u64,
+    /// Where this round's fdatasyncs are reported (taken at each round).
+    observer: Option<Arc<dyn SyncObserver>>,
+}
+
+/// The highest Raft log index in `log`, 0 when it holds none (its keys are
+/// u64 big-endian indexes, plus the last-purged id under the empty key,
+/// which sorts first).
+fn last_log_index(log: &sled::Tree) -> u64 {
+    match log.last() {
+        Ok(Some((key, _))) => <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes),
+        // A read error here only affects a metric; the round itself
+        // reports real I/O errors.
+        _ => 0,
+    }
 }
 
 impl DiskSync {
     /// Prepares syncing of the sled database living in `sled_dir`.
     pub(crate) fn new(db: sled::Db, sled_dir: &Path) -> io::Result<Self> {
         let db_file = File::open(sled_dir.join("db"))?;
+        let log = db.open_tree(RAFT_LOG_TREE).map_err(io::Error::other)?;
+        let last_counted = last_log_index(&log);
         Ok(DiskSync {
+            log,
+            last_counted,
+            observer: None,
             db,
             sled_dir: sled_dir.to_path_buf(),
             db_file,
@@ -86,12 +190,23 @@ impl DiskSync {
     /// One durable round: everything written to sled before this call is
     /// on stable storage when it returns `Ok`.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.observer = observer();
         // Writes sled's IO buffers and waits for them (sync_file_range).
         self.db.flush().map_err(io::Error::other)?;
         // Makes them durable (drive cache flush, size metadata).
-        self.db_file.sync_data()?;
+        fdatasync(&self.db_file, SyncedFile::Sled, self.observer.as_deref())?;
         self.sync_blobs()?;
         self.sync_dir_if_changed()
+    }
+
+    /// Log entries appended since the last call (read before a round's
+    /// flush, so everything counted is covered by that round).
+    fn new_log_entries(&mut self) -> u64 {
+        let last = last_log_index(&self.log);
+        let new = last.saturating_sub(self.last_counted);
+        // After a truncation the index goes down: count from there.
+        self.last_counted = last;
+        new
     }
 
     fn sync_blobs(&mut self) -> io::Result<()> {
@@ -119,7 +234,7 @@ impl DiskSync {
             let previous = self.blobs_synced.get(&name).copied();
             if previous != Some(len) {
                 match File::open(blob_dir.join(&name)) {
-                    Ok(file) => file.sync_data()?,
+                    Ok(file) => fdatasync(&file, SyncedFile::Sled, self.observer.as_deref())?,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
@@ -206,18 +321,25 @@ pub(crate) fn run(mut rx: mpsc::Receiver<SyncCallback>, mut disk: DiskSync, stat
         }
         let outcome: Result<(), String> = match &poisoned {
             Some(why) => Err(why.clone()),
-            None => match disk.sync() {
-                Ok(()) => {
-                    stats.rounds.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
+            None => {
+                // Read before the flush: every entry counted is covered.
+                let entries = disk.new_log_entries();
+                match disk.sync() {
+                    Ok(()) => {
+                        stats.rounds.fetch_add(1, Ordering::Relaxed);
+                        if let Some(o) = &disk.observer {
+                            o.group_commit(batch.len(), entries);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "flush + fdatasync of the sled files failed; no further write will be acknowledged");
+                        let why = e.to_string();
+                        poisoned = Some(why.clone());
+                        Err(why)
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "flush + fdatasync of the sled files failed; no further write will be acknowledged");
-                    let why = e.to_string();
-                    poisoned = Some(why.clone());
-                    Err(why)
-                }
-            },
+            }
         };
         // Counted before the callbacks run, so that a waiter that has been
         // told sees itself in the count.
@@ -267,6 +389,98 @@ mod tests {
         assert!(results.iter().all(|ok| *ok));
         assert_eq!(stats.rounds.load(Ordering::Relaxed), 1);
         assert_eq!(stats.completed.load(Ordering::Relaxed), 50);
+    }
+
+    /// What a test observer saw.
+    #[derive(Default)]
+    struct Seen {
+        fdatasyncs: Mutex<Vec<SyncedFile>>,
+        rounds: Mutex<Vec<(usize, u64)>>,
+    }
+
+    impl SyncObserver for Seen {
+        fn fdatasync(&self, file: SyncedFile, _took: Duration) {
+            self.fdatasyncs
+                .lock()
+                .expect("no panics while held")
+                .push(file);
+        }
+        fn group_commit(&self, waiters: usize, log_entries: u64) {
+            self.rounds
+                .lock()
+                .expect("no panics while held")
+                .push((waiters, log_entries));
+        }
+    }
+
+    /// The observer hears of each fdatasync and of each round with its
+    /// waiters and the Raft log entries it covered.
+    #[test]
+    fn rounds_and_fdatasyncs_are_observed() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let db = crate::store::sled_config(dir.path())
+            .open()
+            .expect("a fresh sled db opens");
+        let log = db.open_tree(RAFT_LOG_TREE).expect("tree opens");
+        // Two entries before the syncer starts: not counted.
+        for i in 1..=2u64 {
+            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
+        }
+        let disk = DiskSync::new(db, dir.path()).expect("db file exists after open");
+        // The last-purged marker (empty key) does not count as an entry.
+        log.insert(b"", vec![0u8; 4]).expect("insert");
+        for i in 3..=7u64 {
+            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
+        }
+        let (tx, rx) = mpsc::channel::<SyncCallback>(QUEUE_CAPACITY);
+        for _ in 0..37 {
+            tx.try_send(Box::new(|_| {}))
+                .unwrap_or_else(|_| panic!("capacity {QUEUE_CAPACITY} > 37"));
+        }
+        drop(tx);
+        let seen = Arc::new(Seen::default());
+        set_sync_observer(Some(seen.clone()));
+        run(rx, disk, &SyncStats::default());
+        set_sync_observer(None);
+        // Other tests of this crate may sync meanwhile and report here too,
+        // so look for this round rather than count them all.
+        assert!(
+            seen.rounds
+                .lock()
+                .expect("no panics while held")
+                .contains(&(37, 5)),
+            "{:?}",
+            seen.rounds.lock().expect("no panics while held")
+        );
+        assert!(seen
+            .fdatasyncs
+            .lock()
+            .expect("no panics while held")
+            .contains(&SyncedFile::Sled));
+    }
+
+    /// A truncated log tail is not counted as negative entries, and the
+    /// count resumes from the new last index.
+    #[test]
+    fn log_entries_follow_truncation() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let db = crate::store::sled_config(dir.path())
+            .open()
+            .expect("a fresh sled db opens");
+        let log = db.open_tree(RAFT_LOG_TREE).expect("tree opens");
+        let mut disk = DiskSync::new(db, dir.path()).expect("db file exists after open");
+        assert_eq!(disk.new_log_entries(), 0);
+        for i in 1..=10u64 {
+            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
+        }
+        assert_eq!(disk.new_log_entries(), 10);
+        for i in 6..=10u64 {
+            log.remove(i.to_be_bytes()).expect("remove");
+        }
+        assert_eq!(disk.new_log_entries(), 0);
+        log.insert(6u64.to_be_bytes(), vec![1u8; 10])
+            .expect("insert");
+        assert_eq!(disk.new_log_entries(), 1);
     }
 
     /// With the store's sled configuration a ~300 KB value (a

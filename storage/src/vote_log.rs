@@ -76,6 +76,7 @@ use bizra_crypto::{FinalityVote, Hash};
 
 use crate::error::{Result, StorageError};
 use crate::finality::{OwnVote, OwnVoteError};
+use crate::syncer::SyncedFile;
 
 /// The file's name in the store directory.
 pub(crate) const FILE_NAME: &str = "own_votes.log";
@@ -381,7 +382,11 @@ impl VoteLog {
             .file
             .write_all_at(&bytes, offset_of(view.len))
             .map_err(|e| ("write", e))
-            .and_then(|()| writer.file.sync_data().map_err(|e| ("fdatasync", e)));
+            .and_then(|()| {
+                let observer = crate::syncer::observer();
+                crate::syncer::fdatasync(&writer.file, SyncedFile::OwnVotes, observer.as_deref())
+                    .map_err(|e| ("fdatasync", e))
+            });
         if let Err((op, e)) = written {
             tracing::error!(path = %self.path.display(), error = %e, "{op} of own finality votes failed; no further vote will be recorded");
             writer.poisoned = Some(format!("{op} {}: {e}", self.path.display()));

@@ -99,7 +99,7 @@ impl Cluster {
         }
         let binary = crate::binary::resolve_node_binary(spec.binary.as_deref())?;
         let dir = prepare_dir(&spec)?;
-        let nodes = layout::generate_nodes(dir.path(), spec.nodes)?;
+        let nodes = layout::generate_nodes(dir.path(), spec.nodes + spec.spares)?;
         let genesis = layout::write_genesis(dir.path(), &spec, &nodes)?;
         Self::launch(spec, dir, binary, nodes, genesis)
     }
@@ -214,6 +214,39 @@ impl Cluster {
     /// JSON-RPC endpoint of node `i`, `http://127.0.0.1:PORT/`.
     pub fn rpc_url(&self, i: usize) -> String {
         format!("http://{}/", self.nodes[i].rpc_addr())
+    }
+
+    /// Admin API endpoint of node `i` (its `admin.listen`).
+    pub fn admin_url(&self, i: usize) -> String {
+        format!("http://{}/", self.nodes[i].admin_addr())
+    }
+
+    /// Node `i`'s admin token (`data/admin.token`, written on its first
+    /// start).
+    pub fn admin_token(&self, i: usize) -> Result<String> {
+        let path = self.data_dir(i).join("admin.token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| TestnetError::io(format!("read {}", path.display()), e))
+    }
+
+    /// Calls an admin method on node `i` with its admin token.
+    pub fn admin_call(&self, i: usize, method: &str, params: Value) -> Result<Value> {
+        let token = self.admin_token(i)?;
+        self.rpc
+            .call_as(&self.admin_url(i), Some(&token), method, params)
+    }
+
+    /// POSTs a raw body to node `i`'s admin API with `token` (or none) and
+    /// returns the HTTP status and body, for tests of refusals.
+    pub fn admin_post(&self, i: usize, token: Option<&str>, body: &str) -> Result<(u16, String)> {
+        self.rpc
+            .post_as(&self.admin_url(i), token, body, Duration::from_secs(10))
+    }
+
+    /// Number of validators in genesis (the nodes after them are spares).
+    pub fn validators(&self) -> usize {
+        self.spec.nodes
     }
 
     /// RPC socket address of node `i`.
@@ -577,8 +610,9 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the validators (not the spare nodes) that are not running.
     fn spawn_all(&self) -> Result<()> {
-        (0..self.len()).try_for_each(|i| self.spawn(i))
+        (0..self.spec.nodes.min(self.len())).try_for_each(|i| self.spawn(i))
     }
 
     fn kill_all(&self) {

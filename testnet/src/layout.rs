@@ -50,6 +50,7 @@ pub(crate) struct NodeLayout {
     pub(crate) peer_id: String,
     pub(crate) p2p_port: u16,
     pub(crate) rpc_port: u16,
+    pub(crate) admin_port: u16,
     /// `DIR/node-N`.
     pub(crate) dir: PathBuf,
 }
@@ -70,6 +71,9 @@ impl NodeLayout {
     }
     pub(crate) fn rpc_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.rpc_port))
+    }
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port))
     }
     pub(crate) fn p2p_listen(&self) -> String {
         format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
@@ -101,6 +105,7 @@ pub(crate) fn generate_nodes(dir: &Path, count: usize) -> Result<Vec<NodeLayout>
                 key,
                 p2p_port: 0,
                 rpc_port: 0,
+                admin_port: 0,
                 dir: dir.join(node_name(index)),
             };
             write_node_key(&node.data_dir(), &node.key)?;
@@ -162,6 +167,7 @@ pub(crate) fn load_nodes(dir: &Path, genesis: &Genesis) -> Result<Vec<NodeLayout
                 key,
                 p2p_port: 0,
                 rpc_port: 0,
+                admin_port: 0,
                 dir: node_dir,
             })
         })
@@ -177,7 +183,7 @@ pub(crate) fn read_genesis(dir: &Path) -> Result<Genesis> {
         .map_err(|e| TestnetError::InvalidSpec(format!("{}: {e}", path.display())))
 }
 
-/// Picks two free ports per node on 127.0.0.1.
+/// Picks three free ports (p2p, RPC, admin) per node on 127.0.0.1.
 ///
 /// Each port comes from binding port 0 and reading what the kernel gave;
 /// all listeners are held until every port is chosen so no two nodes get
@@ -199,6 +205,7 @@ pub(crate) fn assign_ports(nodes: &mut [NodeLayout]) -> Result<()> {
     for node in nodes.iter_mut() {
         node.p2p_port = next_port()?;
         node.rpc_port = next_port()?;
+        node.admin_port = next_port()?;
     }
     Ok(())
 }
@@ -213,6 +220,7 @@ pub(crate) fn write_genesis(
 ) -> Result<Genesis> {
     let validators: Vec<_> = nodes
         .iter()
+        .take(spec.nodes)
         .map(|n| {
             json!({
                 "public_key": bizra_crypto::hex::encode(&n.public_key),
@@ -253,6 +261,12 @@ struct ConfigFile<'a> {
     p2p: P2pSection,
     rpc: RpcSection,
     raft: RaftSection,
+    admin: AdminSection,
+}
+
+#[derive(Serialize)]
+struct AdminSection {
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -271,12 +285,15 @@ struct RaftSection {
     heartbeat_ms: u64,
     election_timeout_min_ms: u64,
     election_timeout_max_ms: u64,
+    join: bool,
 }
 
-/// Writes `node-N/config.toml` for every node; each lists all the other
-/// nodes as p2p peers.
+/// Writes `node-N/config.toml` for every node; a validator lists the
+/// other validators as p2p peers, a spare node (not in genesis) lists every
+/// other node and starts with `raft.join = true`.
 pub(crate) fn write_configs(spec: &ClusterSpec, nodes: &[NodeLayout]) -> Result<()> {
     for node in nodes {
+        let spare = node.index >= spec.nodes;
         let config = ConfigFile {
             data_dir: "data",
             genesis: "../genesis.json",
@@ -286,6 +303,7 @@ pub(crate) fn write_configs(spec: &ClusterSpec, nodes: &[NodeLayout]) -> Result<
                 peers: nodes
                     .iter()
                     .filter(|other| other.index != node.index)
+                    .filter(|other| spare || other.index < spec.nodes)
                     .map(NodeLayout::p2p_peer_addr)
                     .collect(),
             },
@@ -296,6 +314,10 @@ pub(crate) fn write_configs(spec: &ClusterSpec, nodes: &[NodeLayout]) -> Result<
                 heartbeat_ms: spec.raft.heartbeat_ms,
                 election_timeout_min_ms: spec.raft.election_timeout_min_ms,
                 election_timeout_max_ms: spec.raft.election_timeout_max_ms,
+                join: spare,
+            },
+            admin: AdminSection {
+                listen: node.admin_addr().to_string(),
             },
         };
         let render_err = |e: &dyn std::fmt::Display| {
@@ -365,12 +387,12 @@ mod tests {
         assign_ports(&mut nodes).expect("ports");
         let mut ports: Vec<u16> = nodes
             .iter()
-            .flat_map(|n| [n.p2p_port, n.rpc_port])
+            .flat_map(|n| [n.p2p_port, n.rpc_port, n.admin_port])
             .collect();
         assert!(ports.iter().all(|&p| p != 0));
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 8);
+        assert_eq!(ports.len(), 12);
     }
 
     #[test]

@@ -40,9 +40,20 @@ impl RpcClient {
     /// Calls `method` with `params` and returns `result`, or the node's
     /// error object as [`TestnetError::Rpc`].
     pub(crate) fn call(&self, url: &str, method: &str, params: Value) -> Result<Value> {
+        self.call_as(url, None, method, params)
+    }
+
+    /// [`RpcClient::call`] with `Authorization: Bearer <token>` when given.
+    pub(crate) fn call_as(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let (status, text) = self.post(url, &body.to_string(), self.timeout)?;
+        let (status, text) = self.post_as(url, token, &body.to_string(), self.timeout)?;
         let where_ = || format!("{url} ({method})");
         let response: Value =
             serde_json::from_str(&text).map_err(|e| TestnetError::BadResponse {
@@ -62,13 +73,26 @@ impl RpcClient {
     /// body whatever the status, so tests can check answers to malformed
     /// requests.
     pub(crate) fn post(&self, url: &str, body: &str, timeout: Duration) -> Result<(u16, String)> {
-        let result = self
+        self.post_as(url, None, body, timeout)
+    }
+
+    /// [`RpcClient::post`] with `Authorization: Bearer <token>` when given.
+    pub(crate) fn post_as(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        let mut request = self
             .agent
             .post(url)
             .set("Content-Type", "application/json")
-            .timeout(timeout)
-            .send_string(body);
-        read_response(url, result)
+            .timeout(timeout);
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        read_response(url, request.send_string(body))
     }
 
     /// `GET /health`: true when the node answers 200 with `{"status":"ok"}`.

@@ -80,6 +80,11 @@ impl Default for RaftTiming {
 pub struct ClusterSpec {
     /// Number of validator nodes (1 or more).
     pub nodes: usize,
+    /// Extra nodes laid out beside the validators but not in genesis and
+    /// not started: indexes `nodes..nodes + spares`, configured with
+    /// `raft.join = true`, for membership tests (start one with
+    /// [`crate::Cluster::restart`], then add it with the admin API).
+    pub spares: usize,
     /// Directory for the cluster's files. `None`: a fresh temp dir, removed
     /// when the cluster is dropped unless [`ClusterSpec::keep_dir`] is set.
     /// A given directory must be empty or absent, and is always kept.
@@ -118,6 +123,7 @@ impl ClusterSpec {
     pub fn new(nodes: usize) -> Self {
         Self {
             nodes,
+            spares: 0,
             dir: None,
             keep_dir: false,
             chain_name: "bizra-testnet-1".to_string(),
@@ -151,6 +157,12 @@ impl ClusterSpec {
             table = next;
         }
         table.insert(last.to_string(), value.into());
+        self
+    }
+
+    /// Lays out `n` spare nodes (see [`ClusterSpec::spares`]).
+    pub fn spare_nodes(mut self, n: usize) -> Self {
+        self.spares = n;
         self
     }
 

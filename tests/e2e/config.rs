@@ -478,3 +478,71 @@ fn second_process_on_one_data_dir_is_refused() {
     );
     assert!(cluster.health(0), "the first node keeps running");
 }
+
+#[test]
+fn admin_listener_stays_on_loopback_unless_allowed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    refused(
+        d,
+        &["config", "show", "--set", "admin.listen=0.0.0.0:7711"],
+        &[],
+        &[
+            "admin.listen",
+            "not a loopback address",
+            "admin.allow_remote",
+        ],
+    );
+    refused(
+        d,
+        &["config", "show"],
+        &[("BIZRA_ADMIN_LISTEN", "192.0.2.1:7711")],
+        &["admin.listen", "BIZRA_ADMIN_LISTEN"],
+    );
+    refused(
+        d,
+        &["config", "show", "--set", "admin.allow_remote=yes"],
+        &[],
+        &["admin.allow_remote", "true or false"],
+    );
+    let shown = show(
+        d,
+        &[
+            "--set",
+            "admin.listen=0.0.0.0:7711",
+            "--set",
+            "admin.allow_remote=true",
+        ],
+        &[],
+    );
+    assert!(
+        shown_line(&shown, "admin", "listen").contains("0.0.0.0:7711"),
+        "{shown}"
+    );
+    // Auth on with no way to authenticate is a config error.
+    refused(
+        d,
+        &["config", "show", "--set", "auth.enabled=true"],
+        &[],
+        &["auth.enabled", "auth.tokens_file"],
+    );
+}
+
+#[test]
+fn world_readable_admin_token_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, data) = init(dir.path());
+    std::fs::write(data.join("admin.token"), format!("{}\n", "a".repeat(64))).expect("token");
+    std::fs::set_permissions(
+        data.join("admin.token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let config = config.to_str().expect("utf-8 path");
+    refused(
+        dir.path(),
+        &["start", "--config", config, "--rpc-listen", "127.0.0.1:0"],
+        &[],
+        &["admin.token", "644", "chmod 600"],
+    );
+}

@@ -12,12 +12,16 @@
 
 mod admission;
 mod api;
+mod auth;
 mod cluster;
 mod config;
 mod finality;
+mod membership;
 mod metrics;
+mod ops;
 mod overload;
 mod pipeline;
+mod resilience;
 mod rest;
 mod restart;
 mod shutdown;

@@ -5,11 +5,18 @@
 //! `# EOF` last); the families an operator alerts on are there with sane
 //! values after a few commits; readiness follows the leader.
 //!
+//! `promtool check metrics` itself (Prometheus' own linter) runs on a live
+//! node's exposition when promtool is on PATH; without it that test says
+//! why and passes, unless `BIZRA_REQUIRE_PROMTOOL=1` (CI sets it), where a
+//! missing promtool fails it.
+//!
 //! The latency objective is set far above anything a commit takes here, so
 //! `ahsan_compliance_score` depends only on errors, never on machine speed
 //! (its latency side is unit-tested in the node crate).
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bizra_testnet::{wait_until, Cluster, ClusterSpec};
@@ -22,9 +29,26 @@ use crate::support::{attester, commit, valid, CONVERGE, START};
 /// (several election timeouts, on a loaded CI machine).
 const LOSE_LEADER: Duration = Duration::from_secs(60);
 
+/// What Prometheus sends: OpenMetrics first, the 0.0.4 text format after.
+const PROMETHEUS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 fn get(cluster: &Cluster, i: usize, path: &str) -> Result<(u16, String), String> {
+    get_accepting(cluster, i, path, "*/*")
+}
+
+fn get_accepting(
+    cluster: &Cluster,
+    i: usize,
+    path: &str,
+    accept: &str,
+) -> Result<(u16, String), String> {
     let url = format!("{}{path}", cluster.rpc_url(i).trim_end_matches('/'));
-    match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+    match ureq::get(&url)
+        .set("Accept", accept)
+        .timeout(Duration::from_secs(10))
+        .call()
+    {
         Ok(r) => {
             let status = r.status();
             r.into_string()
@@ -99,8 +123,10 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// Scrapes as Prometheus does, getting OpenMetrics.
     fn scrape(cluster: &Cluster, i: usize) -> Metrics {
-        let (status, text) = get(cluster, i, "/metrics").expect("GET /metrics");
+        let (status, text) =
+            get_accepting(cluster, i, "/metrics", PROMETHEUS_ACCEPT).expect("GET /metrics");
         assert_eq!(status, 200, "node-{}: {text}", i + 1);
         check_exposition(&text);
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
@@ -340,4 +366,143 @@ fn metrics_and_readiness_on_a_real_cluster() {
     // Its metrics still answer, and show it alone.
     let m = Metrics::scrape(&cluster, lonely);
     assert_eq!(m.value("bizra_raft_is_leader"), 0.0);
+}
+
+/// Set to `1` to make a missing promtool a test failure (CI).
+const REQUIRE_PROMTOOL_ENV: &str = "BIZRA_REQUIRE_PROMTOOL";
+
+/// Runs `promtool check metrics` with `text` on stdin: `Ok(())` when it
+/// exits 0 and reports nothing (no parse error, no lint problem), else its
+/// exit status and output.
+fn promtool_check_metrics(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run promtool: {e}"))?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin was piped");
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("write to promtool: {e}"))?;
+        // Dropped here: promtool reads to EOF.
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("wait for promtool: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool check metrics: {}\n{said}", out.status))
+    }
+}
+
+/// Whether promtool can be run at all.
+fn promtool_available() -> bool {
+    Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn metrics_pass_promtool_check() {
+    if !promtool_available() {
+        let required = std::env::var(REQUIRE_PROMTOOL_ENV).is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "promtool is not on PATH and {REQUIRE_PROMTOOL_ENV}=1; install it (Debian: apt-get install --no-install-recommends prometheus)"
+        );
+        eprintln!(
+            "skipped: promtool is not on PATH (Debian package `prometheus`); set {REQUIRE_PROMTOOL_ENV}=1 to make this a failure"
+        );
+        return;
+    }
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(START)
+            .node_config("rpc.latency_objective_ms", 600_000),
+    )
+    .expect("start a 3-node cluster");
+    let leader = cluster.leader(START).expect("a leader");
+    let key = attester();
+    for n in 0..3 {
+        let att = valid(&cluster, &key, &format!("promtool {n}"));
+        commit(&cluster, leader, &att);
+    }
+    cluster.wait_converged(CONVERGE).expect("nodes converge");
+    for i in 0..cluster.len() {
+        // Every family with samples: peers measured, storage synced.
+        wait_until(CONVERGE, "peers connected", || {
+            let m = Metrics::scrape(&cluster, i);
+            if m.value("bizra_peers_connected") == 2.0 {
+                Ok(())
+            } else {
+                Err(format!("node-{}: peers not all connected", i + 1))
+            }
+        })
+        .expect("a full scrape");
+        // promtool reads only the 0.0.4 text format (what a client that
+        // does not ask for OpenMetrics gets, curl included); OpenMetrics,
+        // which Prometheus asks for, is checked by `check_exposition`.
+        let (status, text) = get(&cluster, i, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            !text.contains("# EOF"),
+            "0.0.4 text, not OpenMetrics:\n{text}"
+        );
+        if let Err(e) = promtool_check_metrics(&text) {
+            panic!("node-{}: {e}\n--- exposition\n{text}", i + 1);
+        }
+        let (_, open) = get_accepting(&cluster, i, "/metrics", PROMETHEUS_ACCEPT)
+            .expect("GET /metrics as OpenMetrics");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        // The storage families an operator alerts on are fed.
+        let m = Metrics::scrape(&cluster, i);
+        assert!(
+            m.value("bizra_storage_group_commits_total") >= 1.0,
+            "node-{}",
+            i + 1
+        );
+        assert!(
+            m.value("bizra_storage_entries_synced_total") >= 1.0,
+            "node-{}",
+            i + 1
+        );
+        assert!(
+            m.sum_where("bizra_storage_fsyncs_total", "file", "sled") >= 1.0,
+            "node-{}",
+            i + 1
+        );
+        assert!(
+            m.value("bizra_storage_disk_free_bytes") > 0.0,
+            "node-{}",
+            i + 1
+        );
+        // Each validator records its finality votes with an fdatasync of
+        // its own file once it has applied a block.
+        wait_until(CONVERGE, "an own-vote fdatasync", || {
+            let m = Metrics::scrape(&cluster, i);
+            let n = m.sum_where("bizra_storage_fsyncs_total", "file", "own_votes");
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("node-{}: {n} own_votes fsyncs", i + 1))
+            }
+        })
+        .expect("own votes are synced and observed");
+    }
+    // /ready carries a warnings list (empty on a healthy disk).
+    let (status, body) = ready(&cluster, leader).expect("GET /ready");
+    assert_eq!(status, 200, "{body}");
+    assert!(body["warnings"].is_array(), "{body}");
 }
