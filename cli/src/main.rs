@@ -293,8 +293,27 @@ fn start(config: bizra_node::Config) -> Result<()> {
         .thread_name("bizra-node")
         .build()
         .context("cannot start the async runtime")?;
+    let deadline = std::time::Duration::from_millis(config.shutdown.deadline_ms);
     runtime.block_on(async move {
-        bizra_node::run_in(data_dir, config, listener, shutdown_signal()).await?;
+        let stopping = async move {
+            shutdown_signal().await;
+            // From here the stop is bounded: a second signal, or the
+            // deadline passing, ends the process at once.
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline);
+                eprintln!(
+                    "bizra-node: graceful shutdown took longer than shutdown.deadline_ms ({} ms); exiting now",
+                    deadline.as_millis()
+                );
+                std::process::exit(1);
+            });
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!("bizra-node: second signal; exiting now without finishing the shutdown");
+                std::process::exit(130);
+            });
+        };
+        bizra_node::run_in(data_dir, config, listener, stopping).await?;
         Ok::<(), anyhow::Error>(())
     })
 }

@@ -203,7 +203,7 @@ fn raft_error(
     use openraft::error::{ClientWriteError, RaftError};
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => error(
-            -32010,
+            -32015,
             "NOT_LEADER",
             match f.leader_id {
                 Some(id) => format!("this node is not the leader; send admin calls to node {id}"),
@@ -212,7 +212,7 @@ fn raft_error(
             json!({ "leader_id": f.leader_id }),
         ),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            error(-32011, "MEMBERSHIP_REFUSED", c.to_string(), Value::Null)
+            error(-32016, "MEMBERSHIP_REFUSED", c.to_string(), Value::Null)
         }
         RaftError::Fatal(f) => error(
             -32005,

@@ -66,6 +66,11 @@ pub enum ApiError {
         /// When the next request would be allowed.
         retry_after_ms: u64,
     },
+    /// A v1 receipt was asked for a block whose Raft voter set is not the
+    /// genesis validators (PROTOCOL.md "Receipt": such receipts must not
+    /// be handed out until voter-set changes are specified).
+    #[error("{0}")]
+    VoterSetChanged(String),
 }
 
 impl ApiError {
@@ -85,6 +90,7 @@ impl ApiError {
             // server busy, batch too big), so auth starts after them.
             ApiError::Unauthorized(_) => -32012,
             ApiError::RateLimited { .. } => -32013,
+            ApiError::VoterSetChanged(_) => -32014,
         }
     }
 
@@ -102,6 +108,7 @@ impl ApiError {
             ApiError::Internal(_) => "INTERNAL",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::VoterSetChanged(_) => "VOTER_SET_CHANGED",
         }
     }
 

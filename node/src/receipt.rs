@@ -57,6 +57,37 @@ pub(crate) fn build(
 }
 
 impl Node {
+    /// Protocol v1 receipts name no voter set: a verifier checks the
+    /// certificate against the genesis validators. So a block governed by
+    /// any other Raft voter set (recorded in the chain by every membership
+    /// entry) gets no v1 receipt: `Err(Ok(refusal))`; `Err(Err(..))` is a
+    /// storage failure.
+    fn check_v1_voter_set(&self, height: u64) -> Result<(), Result<ApiError, String>> {
+        let Some(change) = self
+            .reader
+            .voter_set_at(height)
+            .map_err(|e| Err(e.to_string()))?
+        else {
+            return Ok(());
+        };
+        let genesis: std::collections::BTreeSet<u64> = self
+            .genesis
+            .validators
+            .iter()
+            .map(|v| bizra_crypto::node_id(&v.public_key))
+            .collect();
+        let voters: std::collections::BTreeSet<u64> = change.voters.keys().copied().collect();
+        if voters == genesis {
+            return Ok(());
+        }
+        Err(Ok(ApiError::VoterSetChanged(format!(
+            "block {height} was committed under a voter set other than the genesis validators \
+             (changed at height {}, Raft log index {}); protocol v1 receipts are only valid \
+             for genesis voter sets, so none is handed out for it",
+            change.from_height, change.log_index
+        ))))
+    }
+
     /// The receipt of the committed attestation `id` on this node;
     /// NOT_FOUND if it is not committed here.
     pub(crate) fn receipt(&self, id: &Hash) -> Result<Receipt, ApiError> {
@@ -74,6 +105,11 @@ impl Node {
                 hex::encode(id)
             )));
         };
+        self.check_v1_voter_set(stored.height)
+            .map_err(|e| match e {
+                Ok(refusal) => refusal,
+                Err(why) => internal(why),
+            })?;
         let block = self
             .reader
             .block(stored.height)

@@ -288,6 +288,7 @@ impl From<&ApiError> for Refusal {
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limited"),
+            ApiError::VoterSetChanged(_) => (StatusCode::CONFLICT, "voter set changed"),
         };
         let retry_after_ms = match e {
             ApiError::Unavailable { retry_after_ms, .. }

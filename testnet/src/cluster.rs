@@ -122,6 +122,12 @@ impl Cluster {
         let binary = crate::binary::resolve_node_binary(spec.binary.as_deref())?;
         let genesis = layout::read_genesis(&dir)?;
         let nodes = layout::load_nodes(&dir, &genesis)?;
+        // The validators come from genesis; spare nodes are not resumed.
+        let spec = ClusterSpec {
+            nodes: nodes.len(),
+            spares: 0,
+            ..spec
+        };
         Self::launch(spec, ClusterDir::Kept(dir), binary, nodes, genesis)
     }
 

@@ -167,6 +167,23 @@ fn learner_joins_under_load_from_a_snapshot_is_promoted_and_an_old_voter_removed
     );
     let acked = acked.into_inner().expect("no poisoning");
     assert!(acked.len() >= 230, "{} acknowledged", acked.len());
+    // Protocol v1 receipts are for blocks of the genesis voter set only: the
+    // first attestation (genesis voters) gets one, the last (after the
+    // promotion and the removal) is refused with VOTER_SET_CHANGED.
+    let receipt = |r: &Value| {
+        cluster.call(
+            leader,
+            "poi_getReceipt",
+            json!([r["id"].as_str().expect("id")]),
+        )
+    };
+    let first = receipt(&acked[0]).expect("a receipt before the change");
+    assert_eq!(first["id"], acked[0]["id"], "{first}");
+    let last = support::refused(
+        receipt(acked.last().expect("acknowledged")),
+        "receipt after the voter set changed",
+    );
+    assert_eq!(last.code, -32014, "{last:?}");
     for receipt in &acked {
         let id = receipt["id"].as_str().expect("id");
         for &node in &members {
