@@ -14,6 +14,7 @@ mod admission;
 mod api;
 mod auth;
 mod cluster;
+mod compliance;
 mod config;
 mod finality;
 mod membership;
