@@ -272,7 +272,6 @@ fn status(node: &Node) -> Value {
         "term": m.current_term,
         "leader_id": m.current_leader,
         "last_log_index": m.last_log_index,
-        "committed_index": m.last_applied.map(|l| l.index),
         "applied_index": m.last_applied.map(|l| l.index),
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),

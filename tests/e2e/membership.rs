@@ -263,6 +263,14 @@ fn admin_api_refuses_missing_and_wrong_tokens_and_stays_on_loopback() {
         .admin_call(0, "admin_status", json!({}))
         .expect("the right token is accepted");
     assert_eq!(status["node_id"], json!(cluster.node_id(0)), "{status}");
+    // Snapshot now: built at the applied index.
+    let snap = cluster
+        .admin_call(0, "admin_snapshot", json!({}))
+        .expect("admin_snapshot");
+    assert!(
+        snap["snapshot_index"].as_u64() >= status["applied_index"].as_u64(),
+        "{snap} vs {status}"
+    );
     // Refusals are counted.
     let metrics = ureq::get(&format!("{}metrics", cluster.rpc_url(0)))
         .call()
