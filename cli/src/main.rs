@@ -7,8 +7,10 @@
 
 mod admin;
 mod bench;
+mod chaos;
 mod check;
 mod client;
+mod testnet;
 mod verify;
 
 use std::path::PathBuf;
@@ -181,9 +183,17 @@ impl ConfigArgs {
 enum TestnetCommand {
     /// Start a local cluster of real node processes; Ctrl-C stops it.
     Up {
-        /// Number of validator nodes.
+        /// Number of validator nodes, all in one region.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
         nodes: u16,
+        /// Nodes per region, e.g. `eu:2,us:1,ap:1`; links between regions
+        /// get continent-like RTTs (eu-us 80, us-ap 150, eu-ap 230 ms).
+        #[arg(long, conflicts_with_all = ["nodes", "topology"])]
+        regions: Option<String>,
+        /// TOML topology file: `regions = "eu:2,us:1"`, optional
+        /// `jitter_ms`, `loss`, `[rtt_ms] eu.us = 90`.
+        #[arg(long, conflicts_with = "nodes")]
+        topology: Option<PathBuf>,
         /// Directory for keys, genesis, configs, data and logs (kept).
         #[arg(long, default_value = "testnet-data")]
         dir: PathBuf,
@@ -192,6 +202,12 @@ enum TestnetCommand {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
         set: Vec<(String, toml::Value)>,
     },
+    /// Run a seeded fault schedule against a throwaway cluster under load,
+    /// then check consistency; exits non-zero on any violation.
+    Chaos(chaos::ChaosArgs),
+    /// Inject a fault into a running `testnet up` (kill, restart, pause,
+    /// resume, partition, heal, latency, stress).
+    Fault(testnet::FaultArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -238,13 +254,15 @@ fn main() -> Result<()> {
         Command::Admin(args) => admin::run(args),
         Command::Check { command } => check::run(command),
         Command::Testnet { command } => match command {
-            TestnetCommand::Up { nodes, dir, set } => {
-                let spec = set.into_iter().fold(
-                    bizra_testnet::ClusterSpec::new(usize::from(nodes)).dir(&dir),
-                    |spec, (key, value)| spec.node_config(&key, value),
-                );
-                bizra_testnet::run_up_with(spec, None).context("testnet up failed")
-            }
+            TestnetCommand::Up {
+                nodes,
+                regions,
+                topology,
+                dir,
+                set,
+            } => testnet::up(nodes, regions, topology, dir, set),
+            TestnetCommand::Fault(args) => testnet::fault(args),
+            TestnetCommand::Chaos(args) => chaos::run(args),
         },
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -118,11 +119,18 @@ pub(crate) struct Bucket {
 impl Bucket {
     /// A full bucket for `rate_per_s` requests per second (at least 1).
     pub(crate) fn new(rate_per_s: u64, now: Instant) -> Bucket {
+        Bucket::with_burst(rate_per_s, 0, now)
+    }
+
+    /// A full bucket refilling at `rate_per_s` (at least 1) that holds
+    /// `burst` tokens; 0 means one second's worth, as in [`Bucket::new`].
+    pub(crate) fn with_burst(rate_per_s: u64, burst: u64, now: Instant) -> Bucket {
         let rate = rate_per_s.max(1) as f64;
+        let capacity = if burst == 0 { rate } else { burst as f64 };
         Bucket {
             rate,
-            capacity: rate,
-            tokens: rate,
+            capacity,
+            tokens: capacity,
             last: now,
         }
     }
@@ -153,29 +161,50 @@ impl Bucket {
     }
 }
 
-/// The rate limiters of JWT subjects: at most `max`, because the set of
-/// subjects is the issuer's to choose, not this node's.
+/// Rate limiters by key (JWT subjects, client IPs): at most `max`,
+/// because the set of keys is the clients' to choose, not this node's.
 #[derive(Debug)]
-pub(crate) struct Subjects {
-    buckets: HashMap<String, Bucket>,
+pub(crate) struct Subjects<K = String> {
+    buckets: HashMap<K, Bucket>,
     max: usize,
 }
 
-impl Subjects {
-    /// Room for `max` subjects (at least 1).
-    pub(crate) fn new(max: usize) -> Subjects {
+impl<K: std::hash::Hash + Eq + Clone> Subjects<K> {
+    /// Room for `max` keys (at least 1).
+    pub(crate) fn new(max: usize) -> Subjects<K> {
         Subjects {
             buckets: HashMap::new(),
             max: max.max(1),
         }
     }
 
-    /// Takes a token from `subject`'s bucket (a new full one at
-    /// `rate_per_s` if it has none). When the table is full, idle buckets
-    /// (refilled completely, so equal to a new one) are dropped first; if
-    /// every subject is busy the least recently used one is dropped.
-    pub(crate) fn take(&mut self, subject: &str, rate_per_s: u64, now: Instant) -> Result<(), u64> {
-        if let Some(bucket) = self.buckets.get_mut(subject) {
+    /// Takes a token from `key`'s bucket (a new full one at `rate_per_s`
+    /// if it has none), see [`Subjects::take_burst`].
+    pub(crate) fn take<Q>(&mut self, key: &Q, rate_per_s: u64, now: Instant) -> Result<(), u64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.take_burst(key, rate_per_s, 0, now)
+    }
+
+    /// Takes a token from `key`'s bucket (a new full one at `rate_per_s`
+    /// holding `burst`, 0 = one second's worth, if it has none). When the
+    /// table is full, idle buckets (refilled completely, so equal to a new
+    /// one) are dropped first; if every key is busy the least recently
+    /// used one is dropped.
+    pub(crate) fn take_burst<Q>(
+        &mut self,
+        key: &Q,
+        rate_per_s: u64,
+        burst: u64,
+        now: Instant,
+    ) -> Result<(), u64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(bucket) = self.buckets.get_mut(key) {
             return bucket.try_take(now);
         }
         if self.buckets.len() >= self.max {
@@ -188,21 +217,112 @@ impl Subjects {
                 .min_by_key(|(_, b)| b.last)
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
-                self.buckets.remove(&oldest);
+                self.buckets.remove::<K>(&oldest);
             }
         }
-        let mut bucket = Bucket::new(rate_per_s, now);
+        let mut bucket = Bucket::with_burst(rate_per_s, burst, now);
         let taken = bucket.try_take(now);
-        self.buckets.insert(subject.to_string(), bucket);
+        self.buckets.insert(key.to_owned(), bucket);
         taken
     }
 
-    /// How many subjects are tracked.
+    /// How many keys are tracked.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.buckets.len()
     }
 }
+
+/// Most source addresses [`IpLimiter`] tracks at once.
+pub(crate) const MAX_TRACKED_IPS: usize = 10_000;
+
+/// The per-source-IP limit of client requests (`rpc.rate_per_ip_per_s`,
+/// `rpc.rate_burst`), applied whether or not client auth is on. Memory is
+/// bounded by [`Subjects`]: at most [`MAX_TRACKED_IPS`] buckets, idle ones
+/// evicted first. IPv6 clients are keyed by their /64, since one host
+/// usually holds a whole /64 and could otherwise dodge the limit (and
+/// churn the table) by rotating addresses.
+pub(crate) struct IpLimiter {
+    rate_per_s: u64,
+    burst: u64,
+    table: Mutex<Subjects<IpAddr>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl IpLimiter {
+    /// `None` when `rate_per_s` is 0 (no per-IP limit).
+    pub(crate) fn new(
+        rate_per_s: u64,
+        burst: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Option<Arc<IpLimiter>> {
+        (rate_per_s > 0).then(|| {
+            Arc::new(IpLimiter {
+                rate_per_s,
+                burst,
+                table: Mutex::new(Subjects::new(MAX_TRACKED_IPS)),
+                metrics,
+            })
+        })
+    }
+
+    /// Takes one token of `ip`'s bucket; a refusal is counted in
+    /// `bizra_auth_refused_total{reason="rate_limited"}`.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.check_at(ip, Instant::now())
+    }
+
+    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let key = limit_key(ip);
+        let taken = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_burst(&key, self.rate_per_s, self.burst, now);
+        taken.map_err(|retry_after_ms| {
+            let refusal = Refusal::RateLimited {
+                who: format!("source address {key}"),
+                rate_per_s: self.rate_per_s,
+                retry_after_ms,
+            };
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .auth_refused
+                    .get_or_create(&AuthLabels {
+                        reason: refusal.reason(),
+                    })
+                    .inc();
+            }
+            refusal
+        })
+    }
+
+    /// How many addresses are tracked.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The address a limit applies to: an IPv4 address (or IPv4-mapped IPv6)
+/// as it is, an IPv6 address cut to its /64.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+/// The client's source address, put in a request's extensions by the RPC
+/// listener's accept loop (hyper itself does not carry it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub(crate) std::net::SocketAddr);
 
 /// What a request carried in `Authorization`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -757,12 +877,25 @@ where
 #[derive(Clone)]
 pub(crate) struct AuthRpcLayer {
     auth: Option<Arc<Auth>>,
+    ip_limit: Option<Arc<IpLimiter>>,
 }
 
 impl AuthRpcLayer {
     /// Checks calls against `auth` (`None`: auth disabled).
     pub(crate) fn new(auth: Option<Arc<Auth>>) -> Self {
-        AuthRpcLayer { auth }
+        AuthRpcLayer {
+            auth,
+            ip_limit: None,
+        }
+    }
+
+    /// Also charges every call that is not open (`/health`-like methods
+    /// such as `rpc.discover` stay free) to its source IP's bucket, before
+    /// the credential is checked; a batch is charged once, like a
+    /// credential.
+    pub(crate) fn with_ip_limit(mut self, ip_limit: Option<Arc<IpLimiter>>) -> Self {
+        self.ip_limit = ip_limit;
+        self
     }
 }
 
@@ -772,6 +905,7 @@ impl<S> tower::Layer<S> for AuthRpcLayer {
         AuthRpc {
             service,
             auth: self.auth.clone(),
+            ip_limit: self.ip_limit.clone(),
         }
     }
 }
@@ -781,6 +915,15 @@ impl<S> tower::Layer<S> for AuthRpcLayer {
 pub(crate) struct AuthRpc<S> {
     service: S,
     auth: Option<Arc<Auth>>,
+    ip_limit: Option<Arc<IpLimiter>>,
+}
+
+/// The per-IP refusal of a request, if `ip_limit` is on and the accept
+/// loop recorded the source address (it always does on the RPC listener).
+fn ip_refusal(ip_limit: &Option<Arc<IpLimiter>>, extensions: &http::Extensions) -> Option<Refusal> {
+    let limit = ip_limit.as_ref()?;
+    let peer = extensions.get::<PeerAddr>()?;
+    limit.check(peer.0.ip()).err()
 }
 
 fn credential_of(extensions: &http::Extensions) -> Presented {
@@ -807,8 +950,15 @@ where
 
     fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let service = self.service.clone();
-        let refused = self.auth.as_ref().and_then(|auth| {
-            if !auth.needs_credential(rpc_access(request.method_name())) {
+        let access = rpc_access(request.method_name());
+        let limited = if access == Access::Open {
+            None
+        } else {
+            ip_refusal(&self.ip_limit, request.extensions())
+        };
+        let refused = limited.or_else(|| {
+            let auth = self.auth.as_ref()?;
+            if !auth.needs_credential(access) {
                 return None;
             }
             auth.check(&credential_of(request.extensions())).err()
@@ -826,6 +976,26 @@ where
 
     fn batch<'a>(&self, mut batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let service = self.service.clone();
+        // The source IP pays once for the batch, before the credential
+        // is looked at; over its limit, every entry that is not open is
+        // refused in its own slot.
+        let charged = |entry: &Result<BatchEntry<'_>, BatchEntryErr<'_>>| {
+            matches!(entry, Ok(BatchEntry::Call(req))
+                if rpc_access(req.method_name()) != Access::Open)
+        };
+        if batch.iter().any(charged) {
+            if let Some(refusal) = ip_refusal(&self.ip_limit, batch.extensions()) {
+                let error: ErrorObjectOwned = refusal.to_api_error().into();
+                for entry in batch.iter_mut() {
+                    if !charged(entry) {
+                        continue;
+                    }
+                    if let Ok(BatchEntry::Call(req)) = entry {
+                        *entry = Err(BatchEntryErr::new(req.id.clone(), error.clone()));
+                    }
+                }
+            }
+        }
         if let Some(auth) = &self.auth {
             let needs = |entry: &Result<BatchEntry<'_>, BatchEntryErr<'_>>| {
                 matches!(entry, Ok(BatchEntry::Call(req))
@@ -924,6 +1094,37 @@ mod tests {
             assert_eq!(s.take(&format!("random-{i}"), 1, t2), Ok(()));
             assert!(s.len() <= 3);
         }
+    }
+
+    #[test]
+    fn ip_limiter_allows_a_burst_then_the_rate_and_is_bounded() {
+        assert!(IpLimiter::new(0, 10, None).is_none(), "0 = off");
+        let limit = IpLimiter::new(2, 5, None).expect("on");
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        for _ in 0..5 {
+            assert!(limit.check_at(a, t0).is_ok());
+        }
+        let refused = limit.check_at(a, t0).expect_err("burst spent");
+        assert_eq!(refused.reason(), "rate_limited");
+        let error = refused.to_api_error();
+        assert_eq!(error.code(), -32013);
+        assert!(error.to_string().contains("10.0.0.1"), "{error}");
+        // Another address has its own bucket; half a second refills one.
+        assert!(limit.check_at("10.0.0.2".parse().expect("ip"), t0).is_ok());
+        assert!(limit.check_at(a, t0 + Duration::from_millis(500)).is_ok());
+        // IPv6 addresses of one /64 share a bucket; mapped IPv4 is IPv4.
+        let v6 = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        for i in 0..5 {
+            assert!(limit.check_at(v6(&format!("2001:db8::{i}")), t0).is_ok());
+        }
+        assert!(limit.check_at(v6("2001:db8::ffff:1"), t0).is_err());
+        assert!(limit.check_at(v6("::ffff:10.0.0.1"), t0).is_err());
+        // Bounded: a flood of addresses never grows the table past its cap.
+        for i in 0..(MAX_TRACKED_IPS as u32 + 500) {
+            let _ = limit.check_at(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), t0);
+        }
+        assert!(limit.tracked() <= MAX_TRACKED_IPS);
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub struct P2pSection {
     /// Largest gossip payload published or accepted (attestation batches,
     /// finality votes); the same on every validator.
     pub max_gossip_bytes: usize,
+    /// Gossip messages from one validator that this node may reject within
+    /// `p2p.rejected_gossip_window_s` before it cuts that validator off.
+    pub max_rejected_gossip: u32,
+    /// The sliding window of `p2p.max_rejected_gossip`.
+    pub rejected_gossip_window_s: u64,
+    /// How long a cut-off validator is disconnected and refused.
+    pub misbehaviour_cooldown_s: u64,
 }
 
 /// `[rpc]`: the client-facing JSON-RPC listener.
@@ -82,6 +89,15 @@ pub struct RpcSection {
     /// `GET /ready` answers 503 when the applied index trails the log by
     /// more than this many Raft entries.
     pub ready_max_lag_entries: u64,
+    /// Client requests per second allowed from one source IP (0 = no
+    /// per-IP limit). Off by default: behind a proxy or load balancer every
+    /// client shares one IP, and a default limit would throttle them all
+    /// together; operators exposing the listener directly turn it on.
+    pub rate_per_ip_per_s: u64,
+    /// The most requests one source IP may send at once before its steady
+    /// rate applies (the bucket's size); 0 = one second's worth
+    /// (`rate_per_ip_per_s`).
+    pub rate_burst: u64,
 }
 
 /// `[raft]`: timing of elections and heartbeats, snapshot policy.
@@ -248,6 +264,9 @@ impl Default for P2pSection {
             request_timeout_ms: 5_000,
             max_message_bytes: 32 << 20,
             max_gossip_bytes: 4 << 20,
+            max_rejected_gossip: 20,
+            rejected_gossip_window_s: 60,
+            misbehaviour_cooldown_s: 300,
         }
     }
 }
@@ -260,6 +279,8 @@ impl Default for RpcSection {
             max_connections: 1_024,
             latency_objective_ms: 50,
             ready_max_lag_entries: 100,
+            rate_per_ip_per_s: 0,
+            rate_burst: 0,
         }
     }
 }
@@ -522,6 +543,9 @@ pub const KEYS: &[KeySpec] = &[
     int("p2p.request_timeout_ms", 100, 600_000),
     int("p2p.max_message_bytes", 64 << 10, 256 << 20),
     int("p2p.max_gossip_bytes", 64 << 10, 64 << 20),
+    int("p2p.max_rejected_gossip", 1, 100_000),
+    int("p2p.rejected_gossip_window_s", 1, 3_600),
+    int("p2p.misbehaviour_cooldown_s", 1, 3_600),
     KeySpec {
         key: "rpc.listen",
         kind: Kind::Str,
@@ -530,6 +554,8 @@ pub const KEYS: &[KeySpec] = &[
     int("rpc.max_connections", 1, 100_000),
     int("rpc.latency_objective_ms", 1, 600_000),
     int("rpc.ready_max_lag_entries", 0, 10_000_000),
+    int("rpc.rate_per_ip_per_s", 0, 1_000_000),
+    int("rpc.rate_burst", 0, 1_000_000),
     int("raft.heartbeat_ms", 10, 10_000),
     // Also above raft.heartbeat_ms, and max above min (checked in validate).
     int("raft.election_timeout_min_ms", 11, 60_000),
@@ -591,6 +617,7 @@ pub const TOOLING_ENV: &[&str] = &[
     "BIZRA_PYTHON",
     "BIZRA_CRASH_CHILD_DIR",
     "BIZRA_REQUIRE_PROMTOOL",
+    "BIZRA_REQUIRE_TMPFS",
 ];
 
 /// Prefixes of tooling variables the node ignores (see [`TOOLING_ENV`]).

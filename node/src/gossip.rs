@@ -161,7 +161,12 @@ pub(crate) async fn on_message(node: &Node, from: [u8; 32], data: &[u8], verdict
                 // Full: the re-publish tick of its origin brings it back.
                 Err(_) => {}
             },
-            Err(ApiError::Overloaded { .. }) | Err(ApiError::Unavailable { .. }) => {}
+            // This node's own state, not the sender's fault: never counted
+            // against the sender (p2p cuts off validators whose gossip is
+            // rejected repeatedly).
+            Err(ApiError::Overloaded { .. })
+            | Err(ApiError::Unavailable { .. })
+            | Err(ApiError::Internal(_)) => {}
             Err(e) => {
                 bad = true;
                 tracing::warn!(peer = %bizra_crypto::hex::encode(&from), error = %e, "validator gossiped an attestation that fails admission");

@@ -32,6 +32,42 @@ pub(crate) struct OpsConfig {
     pub(crate) ready_max_lag_entries: u64,
     /// The database directory whose size `bizra_db_size_bytes` reports.
     pub(crate) db_dir: PathBuf,
+    /// The store's first failed write (a full disk): while set, the node
+    /// refuses submissions and is not ready (docs/DURABILITY.md, "Disk
+    /// full").
+    pub(crate) faults: bizra_storage::FaultLatch,
+}
+
+/// Why this node can no longer write, if it cannot: the store's first
+/// failed write (which names the directory and says whether the disk is
+/// full), else a fatal stop of the Raft core (openraft stops it on any
+/// storage error; only the error's text reaches us then). `None` while
+/// writes work.
+pub(crate) fn write_fault(node: &Node) -> Option<String> {
+    if let Some(fault) = node.ops.faults.get() {
+        return Some(fault.to_string());
+    }
+    let metrics = node.raft.metrics();
+    let running = metrics.borrow().running_state.clone();
+    match running {
+        Ok(()) => None,
+        Err(fatal) => Some(fatal_message(&node.ops.db_dir, &fatal.to_string())),
+    }
+}
+
+/// The operator's message for a Raft core that stopped with `fatal`.
+/// openraft keeps storage errors as text, so a full disk is recognized by
+/// the OS error's text.
+fn fatal_message(db_dir: &Path, fatal: &str) -> String {
+    if fatal.contains("No space left on device") || fatal.contains("StorageFull") {
+        format!(
+            "data directory {} is full (No space left on device; Raft stopped: {fatal}); \
+             free space and restart the node",
+            db_dir.display()
+        )
+    } else {
+        format!("Raft stopped on this node ({fatal}); restart the node")
+    }
 }
 
 /// Why `/ready` is what it is.
@@ -118,7 +154,15 @@ fn json_response(status: http::StatusCode, body: &Value) -> HttpResponse {
 fn ready(node: &Node) -> HttpResponse {
     let v = RaftView::of(node);
     let quorum_ack_ms = node.raft.config().election_timeout_max.saturating_mul(2);
-    let r = readiness(&v, node.ops.ready_max_lag_entries, quorum_ack_ms);
+    // A node that cannot write is not ready whatever its last metrics say
+    // (after a fatal stop openraft's metrics keep their last values).
+    let r = match write_fault(node) {
+        Some(reason) => Readiness {
+            ready: false,
+            reason: Some(reason),
+        },
+        None => readiness(&v, node.ops.ready_max_lag_entries, quorum_ack_ms),
+    };
     let mut body = json!({
         "ready": r.ready,
         // Strings, as in node_status: ids use all 64 bits.
@@ -301,6 +345,18 @@ async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
                 .collect();
             m.peers_connected.set(int(others.len() as u64));
             m.set_peers(others);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: the p2p service did not answer"),
+    }
+    match node.p2p.conduct().await {
+        Ok(c) => {
+            // Counters only go up: add what the p2p service counted since.
+            let up = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            up(&m.gossip_rejected, c.rejected_gossip_total);
+            up(&m.peer_cutoffs, c.cut_offs_total);
+            m.peers_cut_off.set(int(c.cut_off.len() as u64));
         }
         Err(e) => tracing::warn!(error = %e, "metrics: the p2p service did not answer"),
     }
@@ -488,6 +544,24 @@ mod tests {
         let r = readiness(&cut_off, 100, 2000);
         assert!(!r.ready);
         assert!(r.reason.unwrap_or_default().contains("without a quorum"));
+    }
+
+    #[test]
+    fn a_fatal_raft_stop_on_a_full_disk_names_the_directory() {
+        let full = fatal_message(
+            Path::new("/var/lib/bizra/db"),
+            "StorageError: write logs: IO error: No space left on device (os error 28)",
+        );
+        assert!(
+            full.starts_with("data directory /var/lib/bizra/db is full (No space left on device"),
+            "{full}"
+        );
+        assert!(full.ends_with("free space and restart the node"), "{full}");
+        let other = fatal_message(Path::new("/d"), "panicked");
+        assert_eq!(
+            other,
+            "Raft stopped on this node (panicked); restart the node"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod config;
 pub mod datadir;
 pub mod error;
 mod finality;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gossip;
 mod health;
 pub mod keyfile;
@@ -121,15 +123,24 @@ pub async fn run_in(
 
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let (p2p, p2p_events) = bizra_p2p::spawn(bizra_p2p::P2pConfig {
-        secret_seed: key.to_bytes(),
-        listen: config.p2p.listen.clone(),
-        bootstrap: config.p2p.peers.clone(),
-        allowed: genesis.validators.iter().map(|v| v.public_key).collect(),
-        request_timeout: Duration::from_millis(config.p2p.request_timeout_ms),
-        max_message_bytes: config.p2p.max_message_bytes,
-        max_gossip_bytes: config.p2p.max_gossip_bytes,
-    })
+    let p2p_limits = bizra_p2p::Limits {
+        max_rejected_gossip: config.p2p.max_rejected_gossip,
+        rejected_gossip_window: Duration::from_secs(config.p2p.rejected_gossip_window_s),
+        misbehaviour_cooldown: Duration::from_secs(config.p2p.misbehaviour_cooldown_s),
+        ..Default::default()
+    };
+    let (p2p, p2p_events) = bizra_p2p::spawn_with_limits(
+        bizra_p2p::P2pConfig {
+            secret_seed: key.to_bytes(),
+            listen: config.p2p.listen.clone(),
+            bootstrap: config.p2p.peers.clone(),
+            allowed: genesis.validators.iter().map(|v| v.public_key).collect(),
+            request_timeout: Duration::from_millis(config.p2p.request_timeout_ms),
+            max_message_bytes: config.p2p.max_message_bytes,
+            max_gossip_bytes: config.p2p.max_gossip_bytes,
+        },
+        p2p_limits,
+    )
     .await
     .map_err(|e| NodeError::P2p(e.to_string()))?;
 
@@ -143,6 +154,7 @@ pub async fn run_in(
         .await
         .map_err(|e| NodeError::Consensus(e.to_string()))?;
     let finality_tables = log_store.store().finality();
+    let storage_faults = log_store.store().faults();
     let raft_config = openraft::Config {
         cluster_name: genesis.chain_name.clone(),
         heartbeat_interval: config.raft.heartbeat_ms,
@@ -251,6 +263,7 @@ pub async fn run_in(
         ops: health::OpsConfig {
             ready_max_lag_entries: config.rpc.ready_max_lag_entries,
             db_dir: db_dir.clone(),
+            faults: storage_faults,
         },
     });
 
@@ -309,6 +322,8 @@ pub async fn run_in(
         rpc::RpcLimits {
             max_body_bytes: config.rpc.max_body_bytes,
             max_connections: config.rpc.max_connections,
+            rate_per_ip_per_s: config.rpc.rate_per_ip_per_s,
+            rate_burst: config.rpc.rate_burst,
         },
         client_auth,
     )
@@ -340,27 +355,84 @@ pub async fn run_in(
         "node started"
     );
 
-    let rpc_stopped = rpc_handle.clone();
-    let outcome = tokio::select! {
-        _ = shutdown => Ok(()),
-        _ = rpc_stopped.stopped() => Err(NodeError::TaskFailed("rpc", "server stopped".into())),
-        (name, why) = tasks.first_exit() => Err(NodeError::TaskFailed(name, why)),
+    let rpc_stopped = rpc_handle.clone().stopped();
+    tokio::pin!(shutdown, rpc_stopped);
+    let mut task_ended = false;
+    let mut outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = &mut rpc_stopped => Err(NodeError::TaskFailed("rpc", "server stopped".into())),
+        (name, why) = tasks.first_exit() => {
+            task_ended = true;
+            Err(NodeError::TaskFailed(name, why))
+        }
         _ = p2p.stopped() => Err(NodeError::TaskFailed("p2p", "service stopped".into())),
     };
+    // A task that ended because the data directory can no longer be
+    // written (a full disk: the finality task's vote append, or Raft's
+    // storage) does not stop the process: exiting would also stop the
+    // reads, and restarting would fail the same way until space is freed.
+    // Raft is stopped here instead (openraft stops its core on any storage
+    // error anyway, and a node that cannot write must not keep acking or
+    // voting), submissions are refused and /ready says why (health.rs),
+    // and the node serves what it has applied until it is stopped.
+    // (Only after a task's end: `shutdown` and `rpc_stopped` have not
+    // completed then, so they may be polled again below.)
+    if task_ended {
+        if let Some(fault) = health::write_fault(&node) {
+            tracing::error!(
+                data_dir = %config.data_dir.display(),
+                reason = %fault,
+                "the data directory cannot be written: Raft is stopped on this node and writes are refused; reads are still served until the node is restarted"
+            );
+            let stop_raft = Duration::from_millis(config.shutdown.deadline_ms) / 4;
+            if tokio::time::timeout(stop_raft, raft.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("raft did not stop in time after the write failure");
+            }
+            outcome = loop {
+                tokio::select! {
+                    _ = &mut shutdown => break Err(NodeError::TaskFailed("storage", fault)),
+                    _ = &mut rpc_stopped => break Err(NodeError::TaskFailed("rpc", "server stopped".into())),
+                    // Tasks that depend on Raft or storage end too; the
+                    // node stays up for reads regardless.
+                    (name, why) = tasks.first_exit() => tracing::warn!(task = name, "{why}; the node stays up read-only"),
+                    _ = p2p.stopped() => break Err(NodeError::TaskFailed("p2p", "service stopped".into())),
+                }
+            };
+        }
+    }
 
     // Graceful order: stop accepting and let in-flight requests finish
     // while Raft and the chain follower still run (their blocks keep
-    // applying); then stop the tasks, Raft and p2p. (A TimeoutNow-style
-    // leadership hand-over was tried and does not move leadership under
-    // openraft 0.9: the other voters refuse votes while the leader's lease
-    // holds, so the others elect after their election timeout.)
+    // applying); a leader then hands leadership to the most caught-up
+    // voter (see transfer.rs: under openraft 0.9 this waits out the
+    // lease, so the others need not first notice the leader is gone);
+    // then stop the tasks, Raft (which syncs storage) and p2p.
     tracing::info!("shutting down");
-    // The whole stop fits in shutdown.deadline_ms: half for in-flight
-    // requests, the rest shared by the tasks, Raft and p2p.
+    // The whole stop fits in shutdown.deadline_ms: a quarter each for
+    // in-flight requests, the hand-over, the tasks and Raft.
     let deadline = Duration::from_millis(config.shutdown.deadline_ms) / 4;
     let _ = admin_handle.stop();
     let _ = rpc_handle.stop();
     let _ = tokio::time::timeout(deadline, rpc_handle.stopped()).await;
+    let leads = raft.metrics().borrow().current_leader == Some(node_id);
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    // Not after a write failure: Raft is stopped on this node then.
+    if leads && voters > 1 && health::write_fault(&node).is_none() {
+        match tokio::time::timeout(deadline, transfer::transfer_leadership(&node, None)).await {
+            Ok(Ok(to)) => tracing::info!(new_leader = to, "handed leadership over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "leadership hand-over failed"),
+            Err(_) => tracing::warn!("leadership hand-over did not finish in time"),
+        }
+    }
     let _ = stop_tx.send(true);
     tasks.join_all(deadline).await;
     if let Err(e) = tokio::time::timeout(deadline, raft.shutdown()).await {

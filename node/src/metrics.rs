@@ -189,6 +189,12 @@ pub(crate) struct Metrics {
     pub(crate) auth_refused: Family<AuthLabels, Counter>,
     /// Admin API calls by method and result.
     pub(crate) admin_requests: Family<AdminLabels, Counter>,
+    /// Gossip messages this node rejected (p2p conduct), set at scrape.
+    pub(crate) gossip_rejected: Counter,
+    /// Validators cut off for rejected gossip, set at scrape.
+    pub(crate) peer_cutoffs: Counter,
+    /// Validators cut off now.
+    pub(crate) peers_cut_off: Gauge,
     storage: StorageMetrics,
     /// Free bytes on the data directory's filesystem (disk watch).
     pub(crate) disk_free: Gauge,
@@ -265,6 +271,9 @@ impl Metrics {
             db_size: Gauge::default(),
             auth_refused: Family::default(),
             admin_requests: Family::default(),
+            gossip_rejected: Counter::default(),
+            peer_cutoffs: Counter::default(),
+            peers_cut_off: Gauge::default(),
             storage: StorageMetrics {
                 fsync_duration: Family::new_with_constructor(fsync_histogram),
                 fsyncs: Family::default(),
@@ -394,6 +403,21 @@ impl Metrics {
             "bizra_auth_refused",
             "Client requests refused by authentication before admission, by reason",
             m.auth_refused.clone(),
+        );
+        r.register(
+            "bizra_p2p_gossip_rejected",
+            "Gossip messages from validators that this node rejected (bad attestation or vote)",
+            m.gossip_rejected.clone(),
+        );
+        r.register(
+            "bizra_p2p_peer_cutoffs",
+            "Times a validator was cut off (disconnected and refused for p2p.misbehaviour_cooldown_s) for too much rejected gossip",
+            m.peer_cutoffs.clone(),
+        );
+        r.register(
+            "bizra_p2p_peers_cut_off",
+            "Validators cut off now for rejected gossip; should stay 0",
+            m.peers_cut_off.clone(),
         );
         r.register(
             "bizra_admin_requests",
@@ -741,20 +765,43 @@ where
     type BatchResponse = MethodResponse;
 
     fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        use tracing::Instrument;
         let service = self.service.clone();
         let metrics = self.metrics.clone();
+        // One span per request, named by method and JSON-RPC id, so every
+        // log line a request causes (admission, commit wait) carries them.
+        let span = tracing::info_span!(
+            "rpc",
+            method = %request.method_name(),
+            id = %request.id(),
+        );
         async move {
             let started = Instant::now();
             let response = service.call(request).await;
             let server_error = response.as_error_code().is_some_and(is_server_error);
             metrics.rpc_answered(server_error, started.elapsed());
+            if let Some(code) = response.as_error_code() {
+                tracing::debug!(
+                    code,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "answered with an error"
+                );
+            } else {
+                tracing::trace!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "answered"
+                );
+            }
             response
         }
+        .instrument(span)
     }
 
     fn batch<'a>(&self, requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        use tracing::Instrument;
         let service = self.service.clone();
         let metrics = self.metrics.clone();
+        let span = tracing::info_span!("rpc_batch", items = requests.len());
         async move {
             let started = Instant::now();
             let response = service.batch(requests).await;
@@ -764,6 +811,7 @@ where
             metrics.rpc_answered(server_error, elapsed);
             response
         }
+        .instrument(span)
     }
 
     fn notification<'a>(

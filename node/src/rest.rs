@@ -83,6 +83,8 @@ struct Shared {
     /// Client auth (`None`: disabled); the validation endpoints need a
     /// credential when it is on.
     auth: Option<Arc<crate::auth::Auth>>,
+    /// The per-source-IP limit (`rpc.rate_per_ip_per_s`; `None`: off).
+    ip_limit: Option<Arc<crate::auth::IpLimiter>>,
 }
 
 impl RestLayer {
@@ -97,6 +99,7 @@ impl RestLayer {
                 batches: Arc::new(Semaphore::new(MAX_BATCHES)),
                 metrics: None,
                 auth: None,
+                ip_limit: None,
             }),
         }
     }
@@ -120,6 +123,21 @@ impl RestLayer {
     pub(crate) fn with_auth(self, auth: Option<Arc<crate::auth::Auth>>) -> RestLayer {
         let mut shared = Shared::clone(&self.shared);
         shared.auth = auth;
+        RestLayer {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl RestLayer {
+    /// Limits the validation endpoints per source IP (the address the
+    /// accept loop put in the request's extensions): over the limit, 429
+    /// RATE_LIMITED before the body is looked at, whether or not client
+    /// auth is on (and before it, so a flood never reaches the credential
+    /// checks). The OpenAPI document stays open.
+    pub(crate) fn with_ip_limit(self, ip_limit: Option<Arc<crate::auth::IpLimiter>>) -> RestLayer {
+        let mut shared = Shared::clone(&self.shared);
+        shared.ip_limit = ip_limit;
         RestLayer {
             shared: Arc::new(shared),
         }
@@ -187,14 +205,24 @@ where
     let (request_id, id_error) = request_id(&parts.headers);
     let context = header_text(&parts.headers, "x-ahsan-context");
     let routed = route(&parts.method, &path, id_error, &request_id);
-    let refused = match (&routed, &shared.auth) {
+    let limited = match (
+        &routed,
+        &shared.ip_limit,
+        parts.extensions.get::<crate::auth::PeerAddr>(),
+    ) {
+        (Ok(Endpoint::Validate | Endpoint::ValidateBatch), Some(limit), Some(peer)) => {
+            limit.check(peer.0.ip()).err()
+        }
+        _ => None,
+    };
+    let refused = limited.or_else(|| match (&routed, &shared.auth) {
         (Ok(Endpoint::Validate | Endpoint::ValidateBatch), Some(auth))
             if auth.needs_credential(crate::auth::Access::Submit) =>
         {
             auth.check(&crate::auth::presented(&parts.headers)).err()
         }
         _ => None,
-    };
+    });
     let response = match (routed, &refused) {
         // Refused before any other work: nothing of the body is used.
         (_, Some(refusal)) => {

@@ -46,7 +46,26 @@ const MAX_BATCH_ITEMS: u32 = 1000;
 pub(crate) struct RpcLimits {
     pub(crate) max_body_bytes: u32,
     pub(crate) max_connections: u32,
+    /// Client requests per second per source IP (`rpc.rate_per_ip_per_s`;
+    /// 0 = off).
+    pub(crate) rate_per_ip_per_s: u64,
+    /// The per-IP bucket's size (`rpc.rate_burst`; 0 = one second's worth).
+    pub(crate) rate_burst: u64,
 }
+
+/// How long a client may take to send a request's headers (and, on a new
+/// connection, to start its first request). hyper enforces no header
+/// deadline without a timer, and jsonrpsee's own loop sets none after the
+/// first request, so a slow-loris client dribbling header bytes would hold
+/// its connection (a task and a file descriptor) forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request body once its headers are
+/// in. jsonrpsee takes a connection permit (`rpc.max_connections`) per
+/// request before reading the body, so without a deadline `max_connections`
+/// clients trickling bodies would lock everyone else out. 30 s moves the
+/// default 4 MiB limit at ~140 KiB/s.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts serving on an already-bound listener (so tests can bind port 0).
 ///
@@ -67,6 +86,11 @@ pub(crate) async fn start(
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
+    let ip_limit = crate::auth::IpLimiter::new(
+        limits.rate_per_ip_per_s,
+        limits.rate_burst,
+        Some(node.metrics.clone()),
+    );
     let http = tower::ServiceBuilder::new()
         .layer(crate::health::OpsLayer::new(node.clone()))
         .layer(
@@ -76,7 +100,8 @@ pub(crate) async fn start(
                 limits.max_body_bytes,
             )
             .with_metrics(node.metrics.clone())
-            .with_auth(auth.clone()),
+            .with_auth(auth.clone())
+            .with_ip_limit(ip_limit.clone()),
         )
         .layer(crate::auth::CredentialLayer)
         .layer(BodyLimitLayer {
@@ -100,7 +125,7 @@ pub(crate) async fn start(
                 .max_failures(2),
         )
         .build();
-    let server = Server::builder()
+    let services = Server::builder()
         .set_config(server_config)
         .set_http_middleware(http)
         // Accounting sees every answer, auth refusals included (they are
@@ -110,10 +135,11 @@ pub(crate) async fn start(
                 .layer(crate::metrics::RpcAccountingLayer::new(
                     node.metrics.clone(),
                 ))
-                .layer(crate::auth::AuthRpcLayer::new(auth.clone())),
+                .layer(crate::auth::AuthRpcLayer::new(auth.clone()).with_ip_limit(ip_limit)),
         )
-        .build_from_tcp(listener)
-        .map_err(|e| e.to_string())?;
+        .to_service_builder();
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| format!("cannot register the listener: {e}"))?;
     let mut module = module(node).map_err(|e| e.to_string())?;
     // rpc.discover: lets clients and tools learn the API from the node
     // itself. Registered last, from the names jsonrpsee really holds, so
@@ -139,7 +165,123 @@ pub(crate) async fn start(
             Ok::<Value, ErrorObjectOwned>(Value::clone(&document))
         })
         .map_err(|e| e.to_string())?;
-    Ok(server.start(module))
+    let methods: jsonrpsee::server::Methods = module.into();
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    tokio::spawn(async move {
+        loop {
+            let (socket, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning, then keep serving.
+                        tracing::debug!(error = %e, "RPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.clone().shutdown() => break,
+            };
+            let service = services.clone().build(methods.clone(), stop.clone());
+            spawn_connection(socket, remote, service, stop.clone());
+        }
+    });
+    Ok(handle)
+}
+
+/// Serves one client connection the way jsonrpsee's own loop does (HTTP/1
+/// and 2, WebSocket upgrades, graceful shutdown), plus what that loop
+/// lacks: the client's address in every request's extensions (for the
+/// per-IP rate limit) and a deadline on request headers
+/// ([`HEADER_READ_TIMEOUT`]), also for the first request.
+fn spawn_connection<S>(
+    socket: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    service: S,
+    stop: jsonrpsee::server::StopHandle,
+) where
+    S: tower::Service<
+            HttpRequest<hyper::body::Incoming>,
+            Response = HttpResponse,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::spawn(async move {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        let _ = socket.set_nodelay(true);
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let notify = first_request.clone();
+        let service = OnRequest {
+            inner: service,
+            remote,
+            notify,
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(socket),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        tokio::pin!(conn);
+        let stopped = stop.shutdown();
+        tokio::pin!(stopped);
+        let idle = async {
+            if tokio::time::timeout(HEADER_READ_TIMEOUT, first_request.notified())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        let result: Result<(), BoxError> = tokio::select! {
+            result = &mut conn => result,
+            _ = &mut stopped => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            _ = idle => Err(BoxError::from("no request within the header deadline")),
+        };
+        if let Err(e) = result {
+            tracing::debug!(%remote, error = %e, "RPC connection ended");
+        }
+    });
+}
+
+/// Marks each request of a connection with the client's address and
+/// notes that the connection has sent a request.
+#[derive(Clone)]
+struct OnRequest<S> {
+    inner: S,
+    remote: std::net::SocketAddr,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl<S, B> tower::Service<HttpRequest<B>> for OnRequest<S>
+where
+    S: tower::Service<HttpRequest<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: HttpRequest<B>) -> Self::Future {
+        self.notify.notify_one();
+        req.extensions_mut()
+            .insert(crate::auth::PeerAddr(self.remote));
+        self.inner.call(req)
+    }
 }
 
 fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterMethodError> {
@@ -209,6 +351,43 @@ fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterM
     // without polling, resumable from a height.
     crate::subscriptions::register(&mut m, crate::subscriptions::Limits::default())?;
     Ok(m)
+}
+
+/// The client methods whose params are parsed by this module, in the order
+/// they are registered; the subscriptions' live in
+/// [`crate::subscriptions`].
+pub(crate) const PARSED_METHODS: &[&str] = &[
+    "poi_validate",
+    "poi_submit",
+    "poi_getAttestation",
+    "poi_getReceipt",
+    "chain_head",
+    "chain_getBlock",
+    "node_status",
+    "poi_validateBatch",
+    "poi_submitBatch",
+    "poi_listByAttester",
+    "poi_getImpact",
+    "node_peers",
+];
+
+/// Parses `params` (the raw JSON text, `None` for none) of `method` exactly
+/// as its handler does, touching no node state: the fuzz and property
+/// tests drive every method's param parsing through this without a server.
+/// Methods without params accept anything, as their handlers do.
+pub(crate) fn parse_params(method: &str, params: Option<&str>) -> Result<(), ErrorObjectOwned> {
+    let params = Params::new(params);
+    match method {
+        "poi_validate" => attestation_param(&params).map(drop),
+        "poi_submit" => submit_params(&params).map(drop),
+        "poi_getAttestation" | "poi_getReceipt" => hash_param(&params, "id").map(drop),
+        "poi_getImpact" => hash_param(&params, "poi_hash").map(drop),
+        "chain_getBlock" => block_param(&params).map(drop),
+        "poi_validateBatch" => validate_batch_param(&params).map(drop),
+        "poi_submitBatch" => submit_batch_params(&params).map(drop),
+        "poi_listByAttester" => list_params(&params).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// An INVALID_REQUEST error with `msg` naming the field and the rule.
@@ -297,11 +476,7 @@ fn submit_params(params: &Params<'_>) -> Result<(Attestation, Wait), ErrorObject
 /// nothing.
 fn validate(params: &Params<'_>, node: &Node) -> RpcResult {
     let started = Instant::now();
-    let items = positional(params, 1, "[attestation]")?;
-    let Some(first) = items.first() else {
-        return Err(invalid("missing attestation: params are [attestation]"));
-    };
-    let att = crate::admission::parse(first.get())?;
+    let att = attestation_param(params)?;
     let id = att.id(&node.chain_id);
     let checked =
         crate::admission::check(&att, &node.chain_id, &node.genesis.policy, crate::now_ms());
@@ -318,6 +493,24 @@ fn validate(params: &Params<'_>, node: &Node) -> RpcResult {
     Ok(out)
 }
 
+/// The params of `poi_validate`: `[attestation]`.
+fn attestation_param(params: &Params<'_>) -> Result<Attestation, ErrorObjectOwned> {
+    let items = positional(params, 1, "[attestation]")?;
+    let Some(first) = items.first() else {
+        return Err(invalid("missing attestation: params are [attestation]"));
+    };
+    Ok(crate::admission::parse(first.get())?)
+}
+
+/// The params of the lookups by one hash: `[<field>]`.
+fn hash_param(params: &Params<'_>, field: &str) -> Result<[u8; 32], ErrorObjectOwned> {
+    let items = positional(params, 1, &format!("[{field}]"))?;
+    let Some(first) = items.first() else {
+        return Err(invalid(format!("missing {field}: params are [{field}]")));
+    };
+    parse_hash_param(first, field)
+}
+
 fn parse_hash_param(raw: &RawValue, field: &str) -> Result<[u8; 32], ErrorObjectOwned> {
     let s: String = serde_json::from_str(raw.get()).map_err(|_| {
         invalid(format!(
@@ -330,11 +523,7 @@ fn parse_hash_param(raw: &RawValue, field: &str) -> Result<[u8; 32], ErrorObject
 /// `poi_getAttestation`: a client that submitted with `wait: none` (or lost
 /// its answer) finds out whether and where its attestation was committed.
 fn get_attestation(params: &Params<'_>, node: &Node) -> RpcResult {
-    let items = positional(params, 1, "[id]")?;
-    let Some(first) = items.first() else {
-        return Err(invalid("missing id: params are [id]"));
-    };
-    let id = parse_hash_param(first, "id")?;
+    let id = hash_param(params, "id")?;
     let stored = node.reader.attestation(&id).map_err(internal)?;
     let Some(s) = stored else {
         return Err(ApiError::NotFound(format!(
@@ -382,9 +571,15 @@ fn chain_head(node: &Node) -> RpcResult {
     }))
 }
 
-/// `chain_getBlock`: explorers and auditors read a block, by height (to
-/// walk the chain) or by hash (to follow a receipt or a parent link).
-fn get_block(params: &Params<'_>, node: &Node) -> RpcResult {
+/// Which block `chain_getBlock` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockRef {
+    Height(u64),
+    Hash([u8; 32]),
+}
+
+/// The params of `chain_getBlock`: `[height]` or `[block_hash]`.
+fn block_param(params: &Params<'_>) -> Result<BlockRef, ErrorObjectOwned> {
     let items = positional(params, 1, "[height] or [block_hash]")?;
     let Some(first) = items.first() else {
         return Err(invalid(
@@ -392,16 +587,29 @@ fn get_block(params: &Params<'_>, node: &Node) -> RpcResult {
         ));
     };
     let text = first.get().trim();
-    let block = if text.starts_with('"') {
-        let hash = parse_hash_param(first, "block_hash")?;
-        node.reader.block_by_hash(&hash).map_err(internal)?
+    if text.starts_with('"') {
+        Ok(BlockRef::Hash(parse_hash_param(first, "block_hash")?))
     } else {
         let height: u64 = serde_json::from_str(text).map_err(|_| {
             invalid("height: expected a non-negative integer or a block hash string")
         })?;
-        node.reader.block(height).map_err(internal)?
+        Ok(BlockRef::Height(height))
+    }
+}
+
+/// `chain_getBlock`: explorers and auditors read a block, by height (to
+/// walk the chain) or by hash (to follow a receipt or a parent link).
+fn get_block(params: &Params<'_>, node: &Node) -> RpcResult {
+    let wanted = block_param(params)?;
+    let block = match wanted {
+        BlockRef::Hash(hash) => node.reader.block_by_hash(&hash).map_err(internal)?,
+        BlockRef::Height(height) => node.reader.block(height).map_err(internal)?,
     };
     let Some(b) = block else {
+        let text = match wanted {
+            BlockRef::Hash(hash) => format!("\"{}\"", hex::encode(&hash)),
+            BlockRef::Height(height) => height.to_string(),
+        };
         return Err(ApiError::NotFound(format!("no block {text}")).into());
     };
     let mut out = b.header.to_json();
@@ -418,11 +626,7 @@ fn get_block(params: &Params<'_>, node: &Node) -> RpcResult {
 }
 
 fn get_receipt(params: &Params<'_>, node: &Node) -> RpcResult {
-    let items = positional(params, 1, "[id]")?;
-    let Some(first) = items.first() else {
-        return Err(invalid("missing id: params are [id]"));
-    };
-    let id = parse_hash_param(first, "id")?;
+    let id = hash_param(params, "id")?;
     Ok(node.receipt(&id)?.to_json())
 }
 
@@ -523,18 +727,46 @@ fn busy(message: String) -> ErrorObjectOwned {
     )
 }
 
-/// `poi_validateBatch`: a client checks up to 1000 attestations in one
-/// round trip, with one batch signature check (admission's speed-up), and
-/// gets one report per item, in order; stores nothing.
-fn validate_batch(params: &Params<'_>, node: &Node) -> RpcResult {
-    let started = Instant::now();
+/// The params of `poi_validateBatch`: `[[attestation, …]]`, the items as
+/// raw texts (each is checked on its own).
+fn validate_batch_param<'a>(params: &'a Params<'_>) -> Result<Vec<&'a RawValue>, ErrorObjectOwned> {
     let items = positional(params, 1, VALIDATE_BATCH_USAGE)?;
     let Some(first) = items.first() else {
         return Err(invalid(format!(
             "missing attestations: params are {VALIDATE_BATCH_USAGE}"
         )));
     };
-    let raws = batch_items(first, VALIDATE_BATCH_USAGE)?;
+    batch_items(first, VALIDATE_BATCH_USAGE)
+}
+
+/// The params of `poi_submitBatch`: each item parsed on its own (a bad
+/// one is answered in its slot), and the wait option.
+type SubmitBatch = (Vec<Result<Attestation, ApiError>>, Wait);
+
+fn submit_batch_params(params: &Params<'_>) -> Result<SubmitBatch, ErrorObjectOwned> {
+    let items = positional(params, 2, SUBMIT_BATCH_USAGE)?;
+    let Some(first) = items.first() else {
+        return Err(invalid(format!(
+            "missing attestations: params are {SUBMIT_BATCH_USAGE}"
+        )));
+    };
+    let wait = match items.get(1) {
+        Some(raw) => parse_wait(raw)?,
+        None => Wait::Committed,
+    };
+    let parsed = batch_items(first, SUBMIT_BATCH_USAGE)?
+        .into_iter()
+        .map(|raw| crate::admission::parse(raw.get()))
+        .collect();
+    Ok((parsed, wait))
+}
+
+/// `poi_validateBatch`: a client checks up to 1000 attestations in one
+/// round trip, with one batch signature check (admission's speed-up), and
+/// gets one report per item, in order; stores nothing.
+fn validate_batch(params: &Params<'_>, node: &Node) -> RpcResult {
+    let started = Instant::now();
+    let raws = validate_batch_param(params)?;
     let now = crate::now_ms();
     let policy = &node.genesis.policy;
     let checked =
@@ -569,20 +801,7 @@ fn validate_batch(params: &Params<'_>, node: &Node) -> RpcResult {
 /// round trip; each item gets its own answer, in order, so one refusal
 /// never sinks the rest.
 async fn submit_batch(params: Params<'static>, node: Arc<Node>) -> RpcResult {
-    let items = positional(&params, 2, SUBMIT_BATCH_USAGE)?;
-    let Some(first) = items.first() else {
-        return Err(invalid(format!(
-            "missing attestations: params are {SUBMIT_BATCH_USAGE}"
-        )));
-    };
-    let wait = match items.get(1) {
-        Some(raw) => parse_wait(raw)?,
-        None => Wait::Committed,
-    };
-    let parsed: Vec<Result<Attestation, ApiError>> = batch_items(first, SUBMIT_BATCH_USAGE)?
-        .into_iter()
-        .map(|raw| crate::admission::parse(raw.get()))
-        .collect();
+    let (parsed, wait) = submit_batch_params(&params)?;
     // Every item goes through the same path as poi_submit, concurrently, so
     // admission verifies their signatures together.
     let answers = futures::future::join_all(parsed.into_iter().map(|item| {
@@ -640,7 +859,11 @@ fn decode_cursor(cursor: &str) -> Result<(u64, u32), ErrorObjectOwned> {
 
 /// `poi_listByAttester`: an attester (or anyone auditing one) reads its
 /// whole history, oldest first, in bounded pages with a resumable cursor.
-fn list_by_attester(params: &Params<'_>, node: &Node) -> RpcResult {
+/// The params of `poi_listByAttester`: the attester, where to resume
+/// (after this position) and the page size.
+type ListQuery = ([u8; 32], Option<(u64, u32)>, usize);
+
+fn list_params(params: &Params<'_>) -> Result<ListQuery, ErrorObjectOwned> {
     let items = positional(params, 2, LIST_USAGE)?;
     let Some(first) = items.first() else {
         return Err(invalid(format!(
@@ -661,6 +884,11 @@ fn list_by_attester(params: &Params<'_>, node: &Node) -> RpcResult {
     }
     let limit = limit as usize; // at most LIST_MAX_LIMIT
     let after = opts.after.as_deref().map(decode_cursor).transpose()?;
+    Ok((attester, after, limit))
+}
+
+fn list_by_attester(params: &Params<'_>, node: &Node) -> RpcResult {
+    let (attester, after, limit) = list_params(params)?;
     // One row more than asked tells whether another page exists.
     let mut rows = node
         .reader
@@ -691,11 +919,7 @@ pub(crate) fn mean_centi(sum: u64, count: u64) -> u16 {
 /// `poi_getImpact`: how one piece of work was judged across every attester,
 /// without the client fetching each attestation.
 fn get_impact(params: &Params<'_>, node: &Node) -> RpcResult {
-    let items = positional(params, 1, "[poi_hash]")?;
-    let Some(first) = items.first() else {
-        return Err(invalid("missing poi_hash: params are [poi_hash]"));
-    };
-    let poi_hash = parse_hash_param(first, "poi_hash")?;
+    let poi_hash = hash_param(params, "poi_hash")?;
     let mut count = 0u64;
     let mut sum = 0u64;
     let mut min = u16::MAX;
@@ -891,12 +1115,15 @@ where
 /// A request body without a declared length, counted as jsonrpsee reads
 /// it. Past the limit it hands out nothing more: it reads the rest of the
 /// body and discards it (at most [`DRAIN_MAX_BYTES`]), then ends with an
-/// error and raises `over`, which turns the answer into a 413.
+/// error and raises `over`, which turns the answer into a 413. A body not
+/// complete within [`BODY_READ_TIMEOUT`] ends with an error too (the
+/// connection closes), so a trickled body cannot hold a connection permit.
 struct Capped<B> {
     inner: B,
     seen: u64,
     max: u64,
     over: Arc<std::sync::atomic::AtomicBool>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> hyper::body::Body for Capped<B>
@@ -916,7 +1143,16 @@ where
         let this = &mut *self;
         loop {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(format!(
+                            "request body not received within {} s",
+                            BODY_READ_TIMEOUT.as_secs()
+                        )
+                        .into())));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) if this.over.load(Ordering::Relaxed) => {
@@ -978,6 +1214,7 @@ where
             seen: 0,
             max: u64::from(max),
             over: over.clone(),
+            deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
         });
         let fut = self.inner.call(capped);
         Box::pin(async move {
@@ -995,6 +1232,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parse-only entry point covers every method the API documents
+    /// (the OpenRPC file lists what `module` registers), so the fuzz
+    /// harnesses cannot silently miss one.
+    #[test]
+    fn parsed_methods_are_the_documented_methods() {
+        let doc: Value = serde_json::from_str(include_str!("openrpc.json")).expect("JSON");
+        let documented: std::collections::BTreeSet<&str> = doc["methods"]
+            .as_array()
+            .expect("methods")
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .filter(|n| *n != "rpc.discover" && !n.contains("ubscribe"))
+            .collect();
+        let parsed: std::collections::BTreeSet<&str> = PARSED_METHODS.iter().copied().collect();
+        assert_eq!(parsed, documented);
+    }
 
     #[test]
     fn cursor_round_trips_and_refuses_anything_else() {

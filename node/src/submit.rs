@@ -84,6 +84,15 @@ impl Node {
         attestation: Attestation,
         wait: Wait,
     ) -> Result<SubmitReply, ApiError> {
+        // A node whose disk is full (or failing) takes no writes: it could
+        // not make them durable nor vote for them. The message names the
+        // directory; UNAVAILABLE tells the client to try another node.
+        if let Some(message) = crate::health::write_fault(self) {
+            return Err(ApiError::Unavailable {
+                message,
+                retry_after_ms: RETRY_NO_LEADER_MS,
+            });
+        }
         if wait == Wait::Finalized {
             // Committed first, by the same path, then the certificate.
             let reply = Box::pin(self.submit(attestation, Wait::Committed)).await?;

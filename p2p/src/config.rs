@@ -80,6 +80,22 @@ pub struct Limits {
     /// Upper bound of the re-dial backoff for bootstrap peers; a restarted
     /// peer is found again within about this long.
     pub max_redial_backoff: Duration,
+    /// How many gossip messages from one validator the node may reject
+    /// (`Verdict::reject`) within [`rejected_gossip_window`](Self::rejected_gossip_window)
+    /// before that validator is cut off: disconnected, refused at
+    /// connection set-up and not dialed for
+    /// [`misbehaviour_cooldown`](Self::misbehaviour_cooldown). Honest
+    /// validators run the same checks, so they should never be rejected;
+    /// the margin covers a version skew around an upgrade. 1..=100 000.
+    pub max_rejected_gossip: u32,
+    /// The sliding window of [`max_rejected_gossip`](Self::max_rejected_gossip);
+    /// also sets how fast gossipsub's own invalid-message penalty decays
+    /// (one invalid message is forgotten after about this long).
+    pub rejected_gossip_window: Duration,
+    /// How long a cut-off validator stays refused; afterwards it may
+    /// reconnect (it is dialed again if it is a bootstrap peer) with a
+    /// fresh count.
+    pub misbehaviour_cooldown: Duration,
 }
 
 impl Default for Limits {
@@ -90,6 +106,9 @@ impl Default for Limits {
             response_capacity: 1024,
             max_concurrent_streams: 128,
             max_redial_backoff: Duration::from_secs(1),
+            max_rejected_gossip: 20,
+            rejected_gossip_window: Duration::from_secs(60),
+            misbehaviour_cooldown: Duration::from_secs(300),
         }
     }
 }
@@ -97,6 +116,11 @@ impl Default for Limits {
 /// Longest accepted timeout or backoff; keeps every deadline computed from
 /// them far from `Instant` overflow.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest accepted `limits.max_rejected_gossip`: beyond it the cut-off
+/// would never trigger in practice, and gossipsub's graylist threshold,
+/// derived from it, must stay a finite score.
+pub(crate) const MAX_REJECTED_GOSSIP: u32 = 100_000;
 
 /// A bootstrap peer after parsing: who, and where to reach it.
 #[derive(Debug)]
@@ -169,12 +193,27 @@ pub(crate) fn check(cfg: P2pConfig, limits: Limits) -> Result<Checked, P2pError>
             return Err(invalid(key, "must be at least 1"));
         }
     }
-    if limits.max_redial_backoff.is_zero() || limits.max_redial_backoff > MAX_TIMEOUT {
+    for (key, value) in [
+        ("limits.max_redial_backoff", limits.max_redial_backoff),
+        (
+            "limits.rejected_gossip_window",
+            limits.rejected_gossip_window,
+        ),
+        ("limits.misbehaviour_cooldown", limits.misbehaviour_cooldown),
+    ] {
+        if value.is_zero() || value > MAX_TIMEOUT {
+            return Err(invalid(
+                key,
+                format!("{value:?} is out of range; allowed 1 ns..={MAX_TIMEOUT:?}"),
+            ));
+        }
+    }
+    if limits.max_rejected_gossip == 0 || limits.max_rejected_gossip > MAX_REJECTED_GOSSIP {
         return Err(invalid(
-            "limits.max_redial_backoff",
+            "limits.max_rejected_gossip",
             format!(
-                "{:?} is out of range; allowed 1 ns..={MAX_TIMEOUT:?}",
-                limits.max_redial_backoff
+                "{} is out of range; allowed 1..={MAX_REJECTED_GOSSIP}",
+                limits.max_rejected_gossip
             ),
         ));
     }
@@ -364,6 +403,38 @@ mod tests {
             ),
             "limits.event_capacity"
         );
+        for (limits, key) in [
+            (
+                Limits {
+                    max_rejected_gossip: 0,
+                    ..l
+                },
+                "limits.max_rejected_gossip",
+            ),
+            (
+                Limits {
+                    max_rejected_gossip: MAX_REJECTED_GOSSIP + 1,
+                    ..l
+                },
+                "limits.max_rejected_gossip",
+            ),
+            (
+                Limits {
+                    rejected_gossip_window: Duration::ZERO,
+                    ..l
+                },
+                "limits.rejected_gossip_window",
+            ),
+            (
+                Limits {
+                    misbehaviour_cooldown: MAX_TIMEOUT + Duration::from_secs(1),
+                    ..l
+                },
+                "limits.misbehaviour_cooldown",
+            ),
+        ] {
+            assert_eq!(err_key(base(), limits), key);
+        }
         assert_eq!(
             err_key(
                 P2pConfig {

@@ -22,6 +22,18 @@
 //!   subscribed, and goes further only through validators that accept it.
 //! - **Validation by the node.** gossipsub holds each message until the
 //!   node's verdict; only accepted messages are forwarded.
+//! - **Peer score: invalid messages only.** gossipsub's score is enabled
+//!   with just P4 (invalid message deliveries): every rejected message, and
+//!   every message gossipsub itself finds invalid (bad signature, no
+//!   author) before the node sees it, adds one to the sender's counter, and
+//!   the penalty is the counter squared. The mesh terms (P1-P3b) never
+//!   apply to explicit peers, and the IP-colocation and behaviour terms are
+//!   off: validators may share a host or a NAT. A sender whose counter
+//!   passes [`GRAYLIST_FACTOR`] × `limits.max_rejected_gossip` is
+//!   graylisted (all it sends is dropped unread) until the counter decays.
+//!   That is a backstop for floods the node never sees; the node's own
+//!   rejections cut a validator off much earlier (see `conduct.rs`), since
+//!   gossipsub never disconnects an explicit peer.
 
 use std::time::Duration;
 
@@ -50,6 +62,13 @@ pub(crate) const FRAME_OVERHEAD: usize = 16 * 1024;
 
 /// Largest accepted `max_gossip_bytes`.
 pub(crate) const MAX_GOSSIP_LIMIT: usize = 256 << 20;
+
+/// gossipsub graylists a sender at this many times `max_rejected_gossip`
+/// invalid messages (counted with decay): far enough above the cut-off
+/// that a validator reconnecting after its cool-down, with the counter it
+/// had when it was cut off (gossipsub freezes the score of disconnected
+/// peers), is not graylisted.
+pub(crate) const GRAYLIST_FACTOR: f64 = 4.0;
 
 /// Domain separation of message ids from every other BLAKE3 use.
 const MESSAGE_ID_DOMAIN: &[u8] = b"bizra/gossip-message-id/1";
@@ -111,7 +130,11 @@ pub(crate) struct VerdictCmd {
 /// - [`accept`](Verdict::accept): the message is valid; it is forwarded to
 ///   the validators that have not seen it.
 /// - [`reject`](Verdict::reject): the message is invalid (bad encoding,
-///   bad signature inside, …); it is dropped and not forwarded.
+///   bad signature inside, …); it is dropped and not forwarded, and counts
+///   against the neighbour it came from: too many within
+///   `limits.rejected_gossip_window` cut that validator off for
+///   `limits.misbehaviour_cooldown` (see
+///   [`P2pHandle::conduct`](crate::P2pHandle::conduct)).
 /// - [`ignore`](Verdict::ignore): not forwarded, but not held against the
 ///   sender (e.g. the node is too busy to check it). Dropping a `Verdict`
 ///   without calling any of them is the same as `ignore`.
@@ -229,12 +252,57 @@ pub(crate) fn own_message_id(local: PeerId, topic: Topic, data: Vec<u8>) -> (Mes
     (message_id(&message), message.data)
 }
 
+/// gossipsub's peer-score parameters (see the module documentation):
+/// P4 only, weight -1 on both topics, decaying to a tenth over
+/// `window`, graylisting at `-(GRAYLIST_FACTOR × max_rejected)²`.
+pub(crate) fn score_params(
+    max_rejected: u32,
+    window: Duration,
+) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    // 0.1^(1 s / window): one invalid message is forgotten after `window`.
+    // Clamped into gossipsub's open interval (0, 1) for extreme windows.
+    let decay = gossipsub::score_parameter_decay(window).clamp(0.01, 0.9999);
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -1.0,
+        invalid_message_deliveries_decay: decay,
+        ..Default::default()
+    };
+    let params = gossipsub::PeerScoreParams {
+        topics: Topic::ALL
+            .into_iter()
+            .map(|t| (t.hash(), topic.clone()))
+            .collect(),
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        ..Default::default()
+    };
+    let graylist = -(GRAYLIST_FACTOR * f64::from(max_rejected)).powi(2);
+    let thresholds = gossipsub::PeerScoreThresholds {
+        // Only graylisting matters between explicit peers; gossip and
+        // publish thresholds must not be above it.
+        gossip_threshold: graylist,
+        publish_threshold: graylist,
+        graylist_threshold: graylist,
+        ..Default::default()
+    };
+    (params, thresholds)
+}
+
 /// Builds the gossipsub behaviour: subscribed to every [`Topic`], with
-/// every allowed validator but ourselves as an explicit peer.
+/// every allowed validator but ourselves as an explicit peer, and peer
+/// scoring from [`score_params`].
 pub(crate) fn behaviour<'a>(
     keypair: &Keypair,
     validators: impl Iterator<Item = &'a PeerId>,
     max_gossip_bytes: usize,
+    (max_rejected, window): (u32, Duration),
 ) -> Result<gossipsub::Behaviour, P2pError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -250,6 +318,10 @@ pub(crate) fn behaviour<'a>(
         config,
     )
     .map_err(|e| P2pError::Setup(format!("gossipsub: {e}")))?;
+    let (params, thresholds) = score_params(max_rejected, window);
+    gossipsub
+        .with_peer_score(params, thresholds)
+        .map_err(|e| P2pError::Setup(format!("gossipsub peer score: {e}")))?;
     for topic in Topic::ALL {
         gossipsub
             .subscribe(&topic.ident())
@@ -306,6 +378,27 @@ mod tests {
         );
         assert_eq!(own, base);
         assert_eq!(data, b"x");
+    }
+
+    #[test]
+    fn score_params_are_valid_across_the_allowed_range() {
+        for (max, window) in [
+            (1, Duration::from_nanos(1)),
+            (20, Duration::from_secs(60)),
+            (
+                crate::config::MAX_REJECTED_GOSSIP,
+                Duration::from_secs(3600),
+            ),
+        ] {
+            let (params, thresholds) = score_params(max, window);
+            params.validate().unwrap();
+            thresholds.validate().unwrap();
+            assert!(thresholds.graylist_threshold.is_finite());
+            // The cut-off count stays well above the graylist.
+            assert!(-f64::from(max).powi(2) > thresholds.graylist_threshold);
+        }
+        let (keypair, _) = keypair_from_seed(&[1; 32]).unwrap();
+        assert!(behaviour(&keypair, [].iter(), 1024, (20, Duration::from_secs(60))).is_ok());
     }
 
     #[test]

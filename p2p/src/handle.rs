@@ -42,6 +42,35 @@ pub struct PeerInfo {
     /// connecting). `None` until the first ping has answered, or if the peer
     /// does not support ping.
     pub rtt_ms: Option<f64>,
+    /// Gossip messages it sent us that the node rejected, since start (also
+    /// counted while it was not connected); see [`P2pHandle::conduct`].
+    pub rejected_gossip: u64,
+}
+
+/// Misbehaviour seen by the service since start, from
+/// [`P2pHandle::conduct`]: for metrics and the health report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConductReport {
+    /// Gossip messages the node rejected, over every validator.
+    pub rejected_gossip_total: u64,
+    /// Times a validator was cut off for too many rejected messages.
+    pub cut_offs_total: u64,
+    /// Validators cut off now, sorted by PeerId.
+    pub cut_off: Vec<CutOffPeer>,
+}
+
+/// A validator that is cut off now: disconnected and refused until its
+/// cool-down ends (`Limits::misbehaviour_cooldown`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutOffPeer {
+    /// The validator's Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Its libp2p PeerId (base58).
+    pub peer_id: String,
+    /// How long until it may reconnect.
+    pub remaining: Duration,
+    /// Times it was cut off since start, this one included.
+    pub cut_offs: u64,
 }
 
 /// What the p2p service tells the node. Only allowed peers ever appear here.
@@ -62,8 +91,9 @@ pub enum P2pEvent {
     PeerDisconnected([u8; 32]),
     /// A gossip message authored by a validator, received on a topic we
     /// subscribe to. Messages whose author is not in the allow-list are
-    /// rejected (logged at warn) and never appear here; our own
-    /// publications are not delivered back to us.
+    /// ignored (logged at warn; not held against the neighbour that
+    /// forwarded them) and never appear here; our own publications are not
+    /// delivered back to us.
     ///
     /// gossipsub holds the message until `verdict` is given; only accepted
     /// messages are forwarded to other validators. If the event queue is
@@ -79,7 +109,9 @@ pub enum P2pEvent {
         /// The payload, at most `max_gossip_bytes` long.
         data: Vec<u8>,
         /// Report whether the message is valid; dropping it ignores the
-        /// message.
+        /// message. Rejections count against the neighbour that sent it
+        /// (see [`P2pHandle::conduct`]), so reject only invalid messages,
+        /// never ones the node merely cannot check now.
         verdict: Verdict,
     },
 }
@@ -332,6 +364,28 @@ impl P2pHandle {
             self.inner
                 .commands
                 .send(Command::ConnectedPeers { reply })
+                .await
+                .map_err(|_| P2pError::Stopped)?;
+            answer.await.map_err(|_| P2pError::Stopped)
+        };
+        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, query)
+            .await
+            .unwrap_or(Err(P2pError::Unresponsive {
+                after: LOCAL_QUERY_TIMEOUT,
+            }))
+    }
+
+    /// Rejected gossip and cut-off validators since start. A validator whose
+    /// gossip the node rejects (`Verdict::reject`) `limits.max_rejected_gossip`
+    /// times within `limits.rejected_gossip_window` is disconnected, refused
+    /// at connection set-up and not dialed for `limits.misbehaviour_cooldown`
+    /// (logged at warn); then it may reconnect with a fresh count.
+    pub async fn conduct(&self) -> Result<ConductReport, P2pError> {
+        let (reply, answer) = oneshot::channel();
+        let query = async {
+            self.inner
+                .commands
+                .send(Command::Conduct { reply })
                 .await
                 .map_err(|_| P2pError::Stopped)?;
             answer.await.map_err(|_| P2pError::Stopped)

@@ -22,7 +22,10 @@
 //!   an allowed validator, forwarded only once the node's [`Verdict`]
 //!   accepts them ([`P2pHandle::publish`] says what delivery to expect);
 //! - round-trip times of every connection ([`PeerInfo::rtt_ms`], libp2p
-//!   ping), and closing connections whose pings fail (then re-dialed).
+//!   ping), and closing connections whose pings fail (then re-dialed);
+//! - cutting off a validator whose gossip the node keeps rejecting
+//!   (disconnected and refused for a cool-down, [`P2pHandle::conduct`]),
+//!   with gossipsub's peer score as a backstop.
 //!
 //! What it must not do: interpret payloads (the node encodes them), block
 //! the swarm loop on a slow consumer (a full event queue refuses requests
@@ -30,6 +33,7 @@
 //! the allow-list.
 
 mod codec;
+mod conduct;
 mod config;
 mod error;
 mod gossip;
@@ -40,7 +44,7 @@ mod service;
 pub use config::{Limits, P2pConfig};
 pub use error::{P2pError, Refusal};
 pub use gossip::{Topic, Verdict};
-pub use handle::{P2pEvent, P2pHandle, PeerInfo, Responder};
+pub use handle::{ConductReport, CutOffPeer, P2pEvent, P2pHandle, PeerInfo, Responder};
 
 use tokio::sync::mpsc;
 
@@ -107,6 +111,7 @@ mod tests {
             send_future(async move {
                 let _ = h.request([0; 32], Vec::new()).await;
                 let _ = h.connected_peers().await;
+                let _ = h.conduct().await;
                 let _ = h.publish(Topic::Finality, Vec::new()).await;
                 h.shutdown().await;
                 h.stopped().await;

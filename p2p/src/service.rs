@@ -4,9 +4,11 @@
 //! (allow-list, connection limits, `/bizra/rpc/1` request-response,
 //! identify, gossipsub, ping), the bootstrap re-dial schedule, the routing
 //! of requests, responses and gossip verdicts, publications held back until
-//! new peers have subscribed, and round-trip times. One `select!` loop
-//! drives it; it never awaits a channel that another task must drain
-//! (events go out with `try_send`), so a slow node cannot stall the network.
+//! new peers have subscribed, round-trip times, and cutting off validators
+//! whose gossip the node keeps rejecting (bookkeeping in `conduct.rs`).
+//! One `select!` loop drives it; it never awaits a channel that another
+//! task must drain (events go out with `try_send`), so a slow node cannot
+//! stall the network.
 //!
 //! It must not interpret payloads, and must not hand libp2p types to the
 //! rest of the node (only [`crate::Responder`] wraps one, privately).
@@ -29,10 +31,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::codec::{FrameCodec, WireResponse, PROTOCOL};
+use crate::conduct::Conduct;
 use crate::config::{check_port_free, Checked};
 use crate::error::{P2pError, Refusal};
 use crate::gossip::{self, Topic, Verdict, VerdictCmd, DEDUPE_WINDOW};
-use crate::handle::{HandleParts, P2pEvent, P2pHandle, PeerInfo, Responder};
+use crate::handle::{
+    ConductReport, CutOffPeer, HandleParts, P2pEvent, P2pHandle, PeerInfo, Responder,
+};
 
 /// First re-dial delay after a failed dial of a bootstrap peer.
 const REDIAL_BASE: Duration = Duration::from_millis(100);
@@ -86,6 +91,10 @@ pub(crate) enum Command {
     /// Report the connected allowed peers.
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// Report rejected gossip and cut-off validators.
+    Conduct {
+        reply: oneshot::Sender<ConductReport>,
     },
     /// Publish gossip; `reply` gets the outcome as documented on
     /// [`P2pHandle::publish`].
@@ -215,6 +224,10 @@ struct SwarmTask {
     bad_gossip_warn: Throttle,
     /// gossipsub's slow-peer reports.
     slow_peer_warn: Throttle,
+    /// Rejected gossip per validator, and who is cut off until when.
+    conduct: Conduct,
+    /// Connections refused because the validator is cut off.
+    cut_off_warn: Throttle,
 }
 
 /// Builds the swarm, binds the listener, waits for its first address, dials
@@ -276,6 +289,12 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         gossip_overload_warn: Throttle::default(),
         bad_gossip_warn: Throttle::default(),
         slow_peer_warn: Throttle::default(),
+        conduct: Conduct::new(
+            limits.max_rejected_gossip,
+            limits.rejected_gossip_window,
+            limits.misbehaviour_cooldown,
+        ),
+        cut_off_warn: Throttle::default(),
     };
 
     task.await_first_listen_addr(&cfg.listen).await?;
@@ -314,7 +333,15 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
     let rpc_config = request_response::Config::default()
         .with_request_timeout(cfg.request_timeout)
         .with_max_concurrent_streams(cfg.limits.max_concurrent_streams);
-    let gossipsub = gossip::behaviour(&cfg.keypair, cfg.allowed.keys(), cfg.max_gossip_bytes)?;
+    let gossipsub = gossip::behaviour(
+        &cfg.keypair,
+        cfg.allowed.keys(),
+        cfg.max_gossip_bytes,
+        (
+            cfg.limits.max_rejected_gossip,
+            cfg.limits.rejected_gossip_window,
+        ),
+    )?;
     let ping = ping::Behaviour::new(
         ping::Config::new()
             .with_interval(PING_INTERVAL)
@@ -345,7 +372,12 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
             );
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(format!("bizra-node/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("bizra-node/{}", env!("CARGO_PKG_VERSION")))
+                    // Peers are dialed only at configured (or admin-given)
+                    // addresses; caching the addresses peers announce would
+                    // let a dial by PeerId bypass the path an operator (or
+                    // the testnet's fault proxy) put in between.
+                    .with_cache_size(0),
             );
             NodeBehaviour {
                 allow_list,
@@ -429,6 +461,7 @@ impl SwarmTask {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = redial.tick() => {
                     let now = Instant::now();
+                    self.end_cooldowns(now);
                     self.redial_due(now);
                     self.flush_deferred(now);
                     self.forget_published(now);
@@ -459,6 +492,9 @@ impl SwarmTask {
             },
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.connected_peers());
+            }
+            Command::Conduct { reply } => {
+                let _ = reply.send(self.conduct_report());
             }
             Command::SetAllowed {
                 key,
@@ -518,6 +554,7 @@ impl SwarmTask {
                     peer_id: peer.to_string(),
                     address: newest.addr.to_string(),
                     rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    rejected_gossip: self.conduct.counters(peer).rejected,
                 })
             })
             .collect();
@@ -545,13 +582,18 @@ impl SwarmTask {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
+        let cut_off = self.conduct.is_cut_off(&peer);
         let behaviour = self.swarm.behaviour_mut();
         if allow {
             if self.allowed.insert(peer, key).is_none() {
                 tracing::info!(peer = %peer, "peer added to the allow-list");
             }
-            behaviour.allow_list.allow_peer(peer);
-            behaviour.gossipsub.add_explicit_peer(&peer);
+            // A cut-off validator is let in again only when its cool-down
+            // ends (`end_cooldowns`), whatever the membership says.
+            if !cut_off {
+                behaviour.allow_list.allow_peer(peer);
+                behaviour.gossipsub.add_explicit_peer(&peer);
+            }
             if let Some(addr) = addr {
                 let entry = self.bootstrap.entry(peer).or_insert_with(|| Bootstrap {
                     addrs: Vec::new(),
@@ -570,6 +612,82 @@ impl SwarmTask {
             behaviour.allow_list.disallow_peer(peer);
             behaviour.gossipsub.remove_explicit_peer(&peer);
             self.bootstrap.remove(&peer);
+            self.conduct.forget(&peer);
+        }
+    }
+
+    /// Counts a message from `via` that the node rejected, and cuts `via`
+    /// off when that makes too many within the window.
+    fn note_rejected(&mut self, via: PeerId, now: Instant) {
+        // Only allowed peers can be connected, so this is bounded by the
+        // validator set.
+        if !self.allowed.contains_key(&via) {
+            return;
+        }
+        if let Some(until) = self.conduct.record_reject(via, now) {
+            self.cut_off(via, until, now);
+        }
+    }
+
+    /// Disconnects `peer` and refuses it until `until`: removed from the
+    /// allow-list behaviour (so connections in both directions are denied
+    /// at set-up) and from gossipsub's explicit peers (which gossipsub would
+    /// otherwise keep re-dialing); the bootstrap re-dial waits too. It stays
+    /// in `allowed`: it is still a validator, only on probation.
+    fn cut_off(&mut self, peer: PeerId, until: Instant, now: Instant) {
+        let counters = self.conduct.counters(&peer);
+        tracing::warn!(%peer, max_rejected = self.conduct.max_rejects(),
+            window = ?self.conduct.window(), cooldown = ?until.duration_since(now),
+            cut_offs = counters.cut_offs, rejected_total = counters.rejected,
+            "validator cut off: too many of its gossip messages were rejected; disconnecting and refusing it for the cool-down");
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.allow_list.disallow_peer(peer);
+        behaviour.gossipsub.remove_explicit_peer(&peer);
+        // disallow_peer closes the connections too; this makes it immediate.
+        let _ = self.swarm.disconnect_peer_id(peer);
+        if let Some(b) = self.bootstrap.get_mut(&peer) {
+            b.next_dial = until;
+            b.backoff = REDIAL_BASE.min(self.max_redial_backoff);
+        }
+    }
+
+    /// Lets validators whose cool-down is over connect again; bootstrap
+    /// peers among them are dialed at once.
+    fn end_cooldowns(&mut self, now: Instant) {
+        for peer in self.conduct.expire(now) {
+            if !self.allowed.contains_key(&peer) {
+                continue;
+            }
+            tracing::info!(%peer, "cool-down over; the validator may reconnect");
+            let behaviour = self.swarm.behaviour_mut();
+            behaviour.allow_list.allow_peer(peer);
+            behaviour.gossipsub.add_explicit_peer(&peer);
+            if let Some(b) = self.bootstrap.get_mut(&peer) {
+                b.next_dial = now;
+            }
+        }
+    }
+
+    fn conduct_report(&self) -> ConductReport {
+        let totals = self.conduct.totals();
+        let now = Instant::now();
+        let mut cut_off: Vec<CutOffPeer> = self
+            .conduct
+            .cut_off()
+            .filter_map(|(peer, until)| {
+                Some(CutOffPeer {
+                    public_key: *self.allowed.get(peer)?,
+                    peer_id: peer.to_string(),
+                    remaining: until.saturating_duration_since(now),
+                    cut_offs: self.conduct.counters(peer).cut_offs,
+                })
+            })
+            .collect();
+        cut_off.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        ConductReport {
+            rejected_gossip_total: totals.rejected,
+            cut_offs_total: totals.cut_offs,
+            cut_off,
         }
     }
 
@@ -577,6 +695,10 @@ impl SwarmTask {
     fn redial_due(&mut self, now: Instant) {
         for (peer, b) in self.bootstrap.iter_mut() {
             if now < b.next_dial || self.swarm.is_connected(peer) {
+                continue;
+            }
+            if let Some(until) = self.conduct.cut_off_until(peer) {
+                b.next_dial = until;
                 continue;
             }
             let opts = DialOpts::peer_id(*peer)
@@ -629,7 +751,14 @@ impl SwarmTask {
                 ..
             } => {
                 let peer = peer_id.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                let cut_off = peer_id.is_some_and(|p| self.conduct.is_cut_off(&p));
                 match &error {
+                    ListenError::Denied { .. } if cut_off => {
+                        if let Some(suppressed) = self.cut_off_warn.hit(Instant::now()) {
+                            tracing::warn!(%peer, addr = %send_back_addr, suppressed,
+                                "refused connection: validator is cut off for rejected gossip until its cool-down ends");
+                        }
+                    }
                     ListenError::Denied { cause }
                         if cause
                             .downcast_ref::<allow_block_list::NotAllowed>()
@@ -650,6 +779,11 @@ impl SwarmTask {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let peer = peer_id.map_or_else(|| "unknown".to_string(), |p| p.to_string());
                 match &error {
+                    DialError::Denied { .. }
+                        if peer_id.is_some_and(|p| self.conduct.is_cut_off(&p)) =>
+                    {
+                        tracing::debug!(%peer, "not dialing a cut-off validator");
+                    }
                     DialError::Denied { cause } => {
                         tracing::warn!(%peer, %cause, "outbound connection refused locally");
                     }
@@ -708,6 +842,13 @@ impl SwarmTask {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         };
+        if self.conduct.is_cut_off(&peer) {
+            // Denied at set-up too; a connection negotiated just before the
+            // cut-off can still complete.
+            tracing::debug!(%peer, %addr, "cut-off validator connected; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
         self.connections
             .entry(peer)
             .or_insert_with(|| Link {
@@ -742,7 +883,9 @@ impl SwarmTask {
         if num_established > 0 {
             return;
         }
-        self.connections.remove(&peer);
+        // No link: the connection was refused right after it came up (a
+        // cut-off validator), and the node never heard of it.
+        let had_link = self.connections.remove(&peer).is_some();
         self.subscriptions.remove(&peer);
         // Publications may have been waiting for this peer's subscription.
         self.flush_deferred(Instant::now());
@@ -750,7 +893,9 @@ impl SwarmTask {
             return;
         };
         let cause = cause.map_or_else(|| "closed".to_string(), |c| c.to_string());
-        tracing::info!(%peer, %cause, "validator disconnected");
+        if had_link {
+            tracing::info!(%peer, %cause, "validator disconnected");
+        }
         if let Some(b) = self.bootstrap.get_mut(&peer) {
             let now = Instant::now();
             // A link that lasted is re-dialed at once with a fresh backoff.
@@ -767,7 +912,9 @@ impl SwarmTask {
             }
             b.connected_since = None;
         }
-        self.emit(P2pEvent::PeerDisconnected(key));
+        if had_link {
+            self.emit(P2pEvent::PeerDisconnected(key));
+        }
     }
 
     fn on_rpc_event(&mut self, event: request_response::Event<Vec<u8>, WireResponse>) {
@@ -1008,6 +1155,11 @@ impl SwarmTask {
 
     fn on_verdict(&mut self, verdict: VerdictCmd) {
         self.report(&verdict.id, &verdict.via, verdict.acceptance);
+        if verdict.acceptance == MessageAcceptance::Reject {
+            // Counted even if the message already expired from gossipsub's
+            // cache: the node judged it invalid all the same.
+            self.note_rejected(verdict.via, Instant::now());
+        }
     }
 
     fn report(&mut self, id: &MessageId, via: &PeerId, acceptance: MessageAcceptance) {
@@ -1066,8 +1218,10 @@ impl SwarmTask {
     }
 
     /// Hands a received message to the node with a [`Verdict`], or judges
-    /// it here: rejected if its author is not an allowed validator, ignored
-    /// if it is too large or the node cannot take it now.
+    /// it here: ignored if its author is not an allowed validator, if it is
+    /// too large, or if the node cannot take it now. None of these is held
+    /// against the neighbour: it may know a newer membership or another
+    /// size limit, and a full queue is our own state.
     fn deliver_gossip(&mut self, via: PeerId, id: MessageId, message: gossipsub::Message) {
         let now = Instant::now();
         let Some(topic) = Topic::from_hash(&message.topic) else {
@@ -1078,10 +1232,10 @@ impl SwarmTask {
         // Strict validation guarantees an authenticated author.
         let author = message.source;
         let Some(from) = author.and_then(|a| self.allowed.get(&a).copied()) else {
-            self.report(&id, &via, MessageAcceptance::Reject);
+            self.report(&id, &via, MessageAcceptance::Ignore);
             if let Some(suppressed) = self.bad_gossip_warn.hit(now) {
                 tracing::warn!(author = %peer_id_string(author), %via, %topic, suppressed,
-                    "rejected gossip authored by a peer outside the validator allow-list");
+                    "ignored gossip authored by a peer outside the validator allow-list");
             }
             return;
         };

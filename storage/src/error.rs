@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub enum StorageError {
     /// sled refused to open the database (e.g. another process holds its
     /// lock, or the files are damaged).
-    #[error("cannot open the sled database in {path}: {source}; is another bizra-node running on this data dir?")]
+    #[error("cannot open the sled database in {path}: {source}; {}", open_hint(.source))]
     Open {
         /// The sled directory.
         path: PathBuf,
@@ -88,6 +88,25 @@ impl StorageError {
             what: what.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// What to do about a failed open. sled 0.34 writes while opening (a
+/// snapshot of its page table, and its current 16 MiB segment), so a full
+/// disk makes the open fail too, and "another node holds the lock" would
+/// send the operator the wrong way.
+fn open_hint(e: &sled::Error) -> &'static str {
+    match e {
+        sled::Error::Io(io) if crate::fault::is_disk_full(io) => {
+            "the filesystem is full: free space (sled needs up to one 16 MiB segment more) and start again"
+        }
+        sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
+            "is another bizra-node running on this data dir?"
+        }
+        sled::Error::Io(_) => {
+            "is another bizra-node running on this data dir, or is the disk failing?"
+        }
+        _ => "the database files may be damaged",
     }
 }
 

@@ -39,6 +39,13 @@
 //! group commit; the node exports them, this crate names no metrics
 //! library.
 //!
+//! Write failures: the first failed write (a full disk, an I/O error) is
+//! kept in the store's [`FaultLatch`] with its path, so that the node can
+//! refuse writes and report not ready with a message naming the directory
+//! (`fault`; docs/DURABILITY.md, "Disk full"). `Store::open` removes the
+//! partial snapshot file a failed sled open leaves behind, which would
+//! otherwise make every later open fail.
+//!
 //! Own finality votes are not in sled: they are appended to their own file,
 //! `own_votes.log`, with one `fdatasync` per
 //! [`FinalityTables::record_own_votes`] call, before they may be sent (a
@@ -52,6 +59,7 @@
 //! log be purged, the builder syncs (see `bizra-consensus`).
 
 mod error;
+mod fault;
 mod finality;
 mod raft_log;
 mod snapshot;
@@ -61,6 +69,7 @@ mod syncer;
 mod vote_log;
 
 pub use error::{Result, StorageError};
+pub use fault::{is_disk_full, FaultLatch, WriteFault};
 pub use finality::{
     DivergenceEvidence, FinalityTables, OwnVote, OwnVoteError, ReceivedVote, VoteRecord,
     MAX_VOTES_AHEAD,

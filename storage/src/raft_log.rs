@@ -122,6 +122,14 @@ where
         }
     }
 
+    /// A failed sled write, recorded in the store's fault latch (so that
+    /// the node can say the disk is full) before openraft gets it.
+    fn write_failed(&self, op: &str, e: sled::Error) -> StorageError {
+        let e = StorageError::from(e);
+        self.store.record_fault(op, &e);
+        e
+    }
+
     /// The underlying store (for sync counters and the state tables).
     pub fn store(&self) -> &Store {
         &self.store
@@ -215,7 +223,7 @@ where
         self.store
             .meta_tree()
             .insert(VOTE_KEY, bytes)
-            .map_err(vote_err)?;
+            .map_err(|e| vote_err(self.write_failed("save the vote in", e)))?;
         // Durable before returning: a vote forgotten after a power loss
         // could let this node vote twice in one term.
         self.store.sync().await.map_err(vote_err)
@@ -237,7 +245,7 @@ where
         self.store
             .meta_tree()
             .insert(COMMITTED_KEY, bytes)
-            .map_err(write_err)?;
+            .map_err(|e| write_err(self.write_failed("save the committed id in", e)))?;
         Ok(())
     }
 
@@ -269,7 +277,7 @@ where
         self.store
             .log_tree()
             .apply_batch(batch)
-            .map_err(write_err)?;
+            .map_err(|e| write_err(self.write_failed("append to the raft log in", e)))?;
         self.store
             .request_sync(move |result: io::Result<()>| callback.log_io_completed(result))
             .await
@@ -286,7 +294,8 @@ where
         for k in tree.range(key_range(&(log_id.index..))).keys() {
             batch.remove(k.map_err(write_err)?);
         }
-        tree.apply_batch(batch).map_err(write_err)
+        tree.apply_batch(batch)
+            .map_err(|e| write_err(self.write_failed("truncate the raft log in", e)))
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> RaftResult<(), C> {
@@ -299,6 +308,7 @@ where
         let bytes =
             encode(|| format!("last purged log id {index}"), &Some(log_id)).map_err(write_err)?;
         batch.insert(LAST_PURGED_KEY, bytes);
-        tree.apply_batch(batch).map_err(write_err)
+        tree.apply_batch(batch)
+            .map_err(|e| write_err(self.write_failed("purge the raft log in", e)))
     }
 }

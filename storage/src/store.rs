@@ -26,6 +26,7 @@ use bizra_crypto::Hash;
 use tokio::sync::oneshot;
 
 use crate::error::{Result, StorageError};
+use crate::fault::FaultLatch;
 use crate::finality::{migrate_sled_own_votes, FinalityTables};
 use crate::snapshot::SnapshotFile;
 use crate::state::StateTables;
@@ -57,6 +58,8 @@ struct Inner {
     finality: sled::Tree,
     own_votes: Arc<VoteLog>,
     snapshot: SnapshotFile,
+    /// The first failed write, for the node (see `fault`).
+    faults: FaultLatch,
     // Declared last: dropped after the trees above, and its Drop joins the
     // thread so that the database is closed once the last handle is gone.
     syncer: Syncer,
@@ -82,6 +85,7 @@ impl Store {
         let sled_dir = dir.join("sled");
         std::fs::create_dir_all(&sled_dir)
             .map_err(|e| StorageError::io("create directory", &sled_dir, e))?;
+        remove_interrupted_sled_snapshots(&sled_dir)?;
         let db = sled_config(&sled_dir)
             .open()
             .map_err(|source| StorageError::Open {
@@ -95,10 +99,12 @@ impl Store {
         let finality = db.open_tree(FINALITY_TREE)?;
         // After sled's open: its file lock keeps a second process out of
         // the directory, so only this one checks and truncates the log.
-        let own_votes = Arc::new(VoteLog::open(dir)?);
+        let faults = FaultLatch::new(dir);
+        let own_votes = Arc::new(VoteLog::open(dir)?.with_faults(faults.clone()));
         migrate_sled_own_votes(&finality, &own_votes)?;
         let disk = DiskSync::new(db, &sled_dir)
-            .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?;
+            .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?
+            .with_faults(faults.clone());
         let syncer = Syncer::start(disk)
             .map_err(|e| StorageError::io("spawn syncer thread for", &sled_dir, e))?;
         let snapshot = SnapshotFile::new(dir);
@@ -112,6 +118,7 @@ impl Store {
                 finality,
                 own_votes,
                 snapshot,
+                faults,
                 syncer,
             }),
         })
@@ -133,6 +140,22 @@ impl Store {
     /// gathered again from peers; own votes stay in `own_votes.log`).
     pub fn finality(&self) -> FinalityTables {
         FinalityTables::new(self.inner.finality.clone(), self.inner.own_votes.clone())
+    }
+
+    /// The first write that failed on this store (a full disk, an I/O
+    /// error), shared: the node reads it to refuse writes and report not
+    /// ready. Once set it stays set until the store is reopened, since
+    /// sled, the syncer and the vote log refuse every later write anyway.
+    pub fn faults(&self) -> FaultLatch {
+        self.inner.faults.clone()
+    }
+
+    /// Records a failed write of this store (raft log, state tables) that
+    /// did not go through the syncer or the vote log.
+    pub(crate) fn record_fault(&self, op: &str, e: &StorageError) {
+        self.inner
+            .faults
+            .record_storage(op, &self.inner.dir.join("sled"), e);
     }
 
     /// The persisted state-machine snapshot.
@@ -250,6 +273,45 @@ pub(crate) fn sled_config(sled_dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(sled_dir)
         .segment_size(SEGMENT_SIZE)
+}
+
+/// Deletes the `snap.<lsn>.generating` files an interrupted sled snapshot
+/// write left in `sled_dir`.
+///
+/// sled 0.34 writes its snapshot (a cache of where pages are in its log,
+/// rebuilt from the log when absent) to `snap.<lsn>.generating` and renames
+/// it to `snap.<lsn>` once written and synced; a write that fails (ENOSPC:
+/// sled writes one while opening) leaves the partial file behind. sled's
+/// own listing of snapshot files (`Config::get_snapshot_files`) skips only
+/// its older temporary name (`.in___motion`), so the next open takes the
+/// partial file for the newest snapshot and fails for good with "Read
+/// corrupted data at file offset None" (reproduced on a full tmpfs: a
+/// start attempt before space was freed made the database unopenable
+/// afterwards). A `.generating` file is never a finished snapshot, so it
+/// is always safe to delete; the complete older snapshot and the log are
+/// untouched.
+fn remove_interrupted_sled_snapshots(sled_dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(sled_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io("list", sled_dir, e)),
+    };
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("list", sled_dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            tracing::warn!(path = %path.display(), "removing a sled snapshot file whose write was interrupted (e.g. by a full disk)");
+            std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(sled_dir)?;
+    }
+    Ok(())
 }
 
 /// fsyncs what an open may have created: sled's `conf`, the sled

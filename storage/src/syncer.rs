@@ -153,6 +153,8 @@ pub(crate) struct DiskSync {
     last_counted: u64,
     /// Where this round's fdatasyncs are reported (taken at each round).
     observer: Option<Arc<dyn SyncObserver>>,
+    /// Where a failed round is recorded for the node (disk full, issue 6).
+    faults: crate::fault::FaultLatch,
 }
 
 /// The highest Raft log index in `log`, 0 when it holds none (its keys are
@@ -177,6 +179,7 @@ impl DiskSync {
             log,
             last_counted,
             observer: None,
+            faults: crate::fault::FaultLatch::default(),
             db,
             sled_dir: sled_dir.to_path_buf(),
             db_file,
@@ -187,12 +190,19 @@ impl DiskSync {
         })
     }
 
+    /// Records this store's first failed round in `faults`.
+    pub(crate) fn with_faults(mut self, faults: crate::fault::FaultLatch) -> Self {
+        self.faults = faults;
+        self
+    }
+
     /// One durable round: everything written to sled before this call is
     /// on stable storage when it returns `Ok`.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.observer = observer();
         // Writes sled's IO buffers and waits for them (sync_file_range).
-        self.db.flush().map_err(io::Error::other)?;
+        // The I/O error itself, not a wrapper: its kind says "disk full".
+        self.db.flush().map_err(crate::fault::sled_io)?;
         // Makes them durable (drive cache flush, size metadata).
         fdatasync(&self.db_file, SyncedFile::Sled, self.observer.as_deref())?;
         self.sync_blobs()?;
@@ -333,7 +343,9 @@ pub(crate) fn run(mut rx: mpsc::Receiver<SyncCallback>, mut disk: DiskSync, stat
                         Ok(())
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "flush + fdatasync of the sled files failed; no further write will be acknowledged");
+                        tracing::error!(error = %e, path = %disk.sled_dir.display(), "flush + fdatasync of the sled files failed; no further write will be acknowledged");
+                        disk.faults
+                            .record("flush + fdatasync of", &disk.sled_dir, &e);
                         let why = e.to_string();
                         poisoned = Some(why.clone());
                         Err(why)

@@ -172,6 +172,8 @@ pub(crate) struct VoteLog {
     view: RwLock<View>,
     /// Successful `fdatasync`s of appends (for tests and measurements).
     syncs: AtomicU64,
+    /// Where a failed append is recorded for the node (issue 6).
+    faults: crate::fault::FaultLatch,
 }
 
 impl std::fmt::Debug for VoteLog {
@@ -223,7 +225,14 @@ impl VoteLog {
             reader,
             view: RwLock::new(view),
             syncs: AtomicU64::new(0),
+            faults: crate::fault::FaultLatch::default(),
         })
+    }
+
+    /// Records a failed append in `faults` (the store's latch).
+    pub(crate) fn with_faults(mut self, faults: crate::fault::FaultLatch) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The file's path.
@@ -390,6 +399,7 @@ impl VoteLog {
         if let Err((op, e)) = written {
             tracing::error!(path = %self.path.display(), error = %e, "{op} of own finality votes failed; no further vote will be recorded");
             writer.poisoned = Some(format!("{op} {}: {e}", self.path.display()));
+            self.faults.record(op, &self.path, &e);
             return Err(StorageError::io(op, &self.path, e).into());
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bizra_crypto::{Genesis, Hash, SigningKey};
@@ -19,6 +21,7 @@ use tempfile::TempDir;
 use crate::error::{Result, TestnetError};
 use crate::layout::{self, NodeLayout};
 use crate::process;
+use crate::proxy::{Link, ProxyNet};
 use crate::rpc::{NodeStatus, RpcClient};
 use crate::spec::ClusterSpec;
 
@@ -79,7 +82,59 @@ pub struct Cluster {
     nodes: Vec<NodeLayout>,
     /// `None` when the node is stopped (never started, killed or stopped).
     children: Vec<Mutex<Option<Child>>>,
+    /// True while node `i` is stopped with SIGSTOP by [`Cluster::pause`].
+    paused: Vec<AtomicBool>,
+    /// The fault proxy every p2p connection between two nodes goes through.
+    net: Net,
     rpc: RpcClient,
+}
+
+/// The proxy runtime and one link per ordered pair of nodes:
+/// `links[a][b]` is what node `a` dials to reach node `b` (`None` on the
+/// diagonal).
+#[derive(Debug)]
+struct Net {
+    links: Vec<Vec<Option<Link>>>,
+    /// Declared last: dropped after the links' handles.
+    _proxy: ProxyNet,
+}
+
+impl Net {
+    /// Binds a link for every ordered pair of `n` nodes. Targets are set
+    /// once the nodes' ports are known ([`Net::retarget`]).
+    fn new(n: usize) -> Result<Net> {
+        let proxy = ProxyNet::new()?;
+        let placeholder = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        let links = (0..n)
+            .map(|a| {
+                (0..n)
+                    .map(|b| (a != b).then(|| proxy.link(placeholder)).transpose())
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Net {
+            links,
+            _proxy: proxy,
+        })
+    }
+
+    fn retarget(&self, nodes: &[NodeLayout]) {
+        for row in &self.links {
+            for (b, link) in row.iter().enumerate() {
+                if let Some(link) = link {
+                    link.set_target(nodes[b].p2p_addr());
+                }
+            }
+        }
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize, &Link)> {
+        self.links.iter().enumerate().flat_map(|(a, row)| {
+            row.iter()
+                .enumerate()
+                .filter_map(move |(b, l)| l.as_ref().map(|l| (a, b, l)))
+        })
+    }
 }
 
 impl Cluster {
@@ -99,7 +154,10 @@ impl Cluster {
         }
         let binary = crate::binary::resolve_node_binary(spec.binary.as_deref())?;
         let dir = prepare_dir(&spec)?;
-        let nodes = layout::generate_nodes(dir.path(), spec.nodes + spec.spares)?;
+        let mut nodes = layout::generate_nodes(dir.path(), spec.nodes + spec.spares)?;
+        for node in &mut nodes {
+            node.region = spec.region_of(node.index).to_string();
+        }
         let genesis = layout::write_genesis(dir.path(), &spec, &nodes)?;
         Self::launch(spec, dir, binary, nodes, genesis)
     }
@@ -123,9 +181,12 @@ impl Cluster {
         let genesis = layout::read_genesis(&dir)?;
         let nodes = layout::load_nodes(&dir, &genesis)?;
         // The validators come from genesis; spare nodes are not resumed.
+        // Regions too: genesis records each validator's, so RTTs and Raft
+        // timing follow the layout the cluster was created with.
         let spec = ClusterSpec {
             nodes: nodes.len(),
             spares: 0,
+            node_regions: nodes.iter().map(|n| n.region.clone()).collect(),
             ..spec
         };
         Self::launch(spec, ClusterDir::Kept(dir), binary, nodes, genesis)
@@ -147,8 +208,12 @@ impl Cluster {
         genesis: Genesis,
     ) -> Result<Cluster> {
         let chain_id = genesis.chain_id();
+        // Proxy listeners first: they stay bound, so the node ports chosen
+        // next cannot collide with them.
+        let net = Net::new(nodes.len())?;
         layout::assign_ports(&mut nodes)?;
         let children = nodes.iter().map(|_| Mutex::new(None)).collect();
+        let paused = nodes.iter().map(|_| AtomicBool::new(false)).collect();
         let rpc = RpcClient::new(spec.rpc_timeout);
         let mut cluster = Cluster {
             spec,
@@ -158,11 +223,25 @@ impl Cluster {
             chain_id,
             nodes,
             children,
+            paused,
+            net,
             rpc,
         };
+        cluster.apply_region_delays()?;
         let mut attempt = 1;
         loop {
-            layout::write_configs(&cluster.spec, &cluster.nodes)?;
+            cluster.net.retarget(&cluster.nodes);
+            let ports: Vec<Vec<Option<u16>>> = cluster
+                .net
+                .links
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|l| l.as_ref().map(|l| l.addr().port()))
+                        .collect()
+                })
+                .collect();
+            layout::write_configs(&cluster.spec, &cluster.nodes, &|a, b| ports[a][b])?;
             match cluster
                 .spawn_all()
                 .and_then(|()| cluster.wait_ready(cluster.spec.start_timeout))
@@ -260,9 +339,19 @@ impl Cluster {
         self.nodes[i].rpc_addr()
     }
 
-    /// Multiaddr other nodes dial to reach node `i` (with `/p2p/<PeerId>`).
+    /// Node `i`'s own p2p listen multiaddr (with `/p2p/<PeerId>`). Dialing
+    /// it bypasses the fault proxy; configs use [`Cluster::p2p_addr_via`].
     pub fn p2p_addr(&self, i: usize) -> String {
         self.nodes[i].p2p_peer_addr()
+    }
+
+    /// The multiaddr node `from` dials to reach node `to`: the `from`→`to`
+    /// fault-proxy link (so region delay and partitions apply).
+    pub fn p2p_addr_via(&self, from: usize, to: usize) -> String {
+        match self.link(from, to) {
+            Some(link) => self.nodes[to].p2p_addr_via(link.addr().port()),
+            None => self.p2p_addr(to),
+        }
     }
 
     /// Raft node id of node `i` (derived from its public key).
@@ -421,14 +510,21 @@ impl Cluster {
     /// reaps it. A stopped node is left as it is.
     pub fn kill(&self, i: usize) -> Result<()> {
         if let Some(mut child) = self.child(i).take() {
+            // SIGKILL ends a stopped process too.
             process::kill(&mut child)?;
         }
+        self.paused[i].store(false, Ordering::SeqCst);
         Ok(())
     }
 
     /// Stops node `i` with SIGTERM, waiting up to the spec's stop timeout
     /// before SIGKILL. `None` if it was not running.
     pub fn stop(&self, i: usize) -> Result<Option<Stopped>> {
+        if self.is_paused(i) {
+            // A stopped process would hold SIGTERM pending until the stop
+            // timeout's SIGKILL: continue it so it can exit gracefully.
+            self.unpause(i)?;
+        }
         let Some(mut child) = self.child(i).take() else {
             return Ok(None);
         };
@@ -586,9 +682,174 @@ impl Cluster {
         )
     }
 
-    /// Indexes of nodes whose process runs.
+    /// Indexes of nodes whose process runs and is not paused (a paused
+    /// node cannot answer, so waits that poll every running node skip it).
     pub fn running(&self) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.is_running(i)).collect()
+        (0..self.len())
+            .filter(|&i| !self.is_paused(i) && self.is_running(i))
+            .collect()
+    }
+
+    // ---- faults ----
+
+    /// Region of node `i`.
+    pub fn region(&self, i: usize) -> &str {
+        &self.nodes[i].region
+    }
+
+    /// The fault-proxy link node `from` dials to reach node `to`, for
+    /// faults finer than the methods below (one direction, loss, jitter).
+    pub fn link(&self, from: usize, to: usize) -> Option<&Link> {
+        self.net.links[from][to].as_ref()
+    }
+
+    /// Freezes node `i` with SIGSTOP: its process exists, holds its ports
+    /// and connections, and does nothing — like a long GC pause or a VM
+    /// migration. [`Cluster::unpause`] continues it. (Named so because
+    /// [`Cluster::resume`] resumes a cluster from its directory.)
+    pub fn pause(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGSTOP)?;
+        self.paused[i].store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Continues node `i` after [`Cluster::pause`] (SIGCONT).
+    pub fn unpause(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGCONT)?;
+        self.paused[i].store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// True while node `i` is paused.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.paused[i].load(Ordering::SeqCst)
+    }
+
+    /// Partitions `side_a` from `side_b`: every link between a node of one
+    /// and a node of the other is blocked, both directions (open
+    /// connections close, new ones are refused). Links inside a side are
+    /// untouched. [`Cluster::heal`] undoes every partition.
+    pub fn partition(&self, side_a: &[usize], side_b: &[usize]) -> Result<()> {
+        for &i in side_a.iter().chain(side_b) {
+            if i >= self.len() {
+                return Err(TestnetError::InvalidSpec(format!(
+                    "partition: node index {i} is out of range (the cluster has {} nodes)",
+                    self.len()
+                )));
+            }
+        }
+        if let Some(i) = side_a.iter().find(|i| side_b.contains(i)) {
+            return Err(TestnetError::InvalidSpec(format!(
+                "partition: {} is on both sides",
+                self.node_name(*i)
+            )));
+        }
+        for &a in side_a {
+            for &b in side_b {
+                for link in [&self.net.links[a][b], &self.net.links[b][a]]
+                    .into_iter()
+                    .flatten()
+                {
+                    link.block();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every partition (latency, jitter and loss stay).
+    pub fn heal(&self) {
+        for (_, _, link) in self.net.pairs() {
+            link.unblock();
+        }
+    }
+
+    /// Sets the RTT between every node of `region_a` and every node of
+    /// `region_b` (half on each direction), at runtime, open connections
+    /// included. The same region twice sets the RTT inside it.
+    pub fn set_latency(&self, region_a: &str, region_b: &str, rtt: Duration) -> Result<()> {
+        for region in [region_a, region_b] {
+            if !self.nodes.iter().any(|n| n.region == region) {
+                return Err(TestnetError::InvalidSpec(format!(
+                    "latency: no node is in region {region:?} (regions: {})",
+                    self.region_names().join(", ")
+                )));
+            }
+        }
+        let mut changed = 0;
+        for (a, b, link) in self.net.pairs() {
+            let (ra, rb) = (self.region(a), self.region(b));
+            if (ra == region_a && rb == region_b) || (ra == region_b && rb == region_a) {
+                link.set_delay(rtt / 2)?;
+                changed += 1;
+            }
+        }
+        if changed == 0 {
+            return Err(TestnetError::InvalidSpec(format!(
+                "latency: no two nodes connect {region_a:?} and {region_b:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The distinct regions of the nodes, in node order.
+    pub fn region_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for n in &self.nodes {
+            if !names.contains(&n.region) {
+                names.push(n.region.clone());
+            }
+        }
+        names
+    }
+
+    /// Starts `threads` busy-loop threads pinned to the CPUs node `i` may
+    /// run on (its `sched_getaffinity` set, one CPU per thread round-robin),
+    /// for at most `duration`, so the node competes for CPU like on an
+    /// overloaded host. Dropping or [`Stress::stop`]ping the handle ends it
+    /// early.
+    pub fn stress(&self, i: usize, threads: usize, duration: Duration) -> Result<Stress> {
+        let Some(pid) = self.pid(i) else {
+            return Err(TestnetError::InvalidSpec(format!(
+                "stress: {} is not running",
+                self.node_name(i)
+            )));
+        };
+        Stress::start(pid, threads, duration)
+    }
+
+    /// Applies the spec's region RTTs, jitter and loss to every link
+    /// between two regions (links inside a region get no fault).
+    fn apply_region_delays(&self) -> Result<()> {
+        for (a, b, link) in self.net.pairs() {
+            let (ra, rb) = (self.region(a), self.region(b));
+            link.set_delay(self.spec.rtt_between(ra, rb) / 2)?;
+            if ra != rb {
+                link.set_jitter(self.spec.jitter)?;
+                link.set_loss(self.spec.loss)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to node `i`'s process.
+    fn signal(&self, i: usize, signal: libc::c_int) -> Result<()> {
+        let slot = self.child(i);
+        let pid = slot
+            .as_ref()
+            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
+            .ok_or_else(|| {
+                TestnetError::InvalidSpec(format!("{} is not running", self.node_name(i)))
+            })?;
+        // SAFETY: kill(2) on a child we hold unreaped (the slot's lock is
+        // held, so it cannot be reaped and its pid reused meanwhile).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(TestnetError::io(
+                format!("signal {signal} to {}", self.node_name(i)),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     // ---- internals ----
@@ -874,4 +1135,143 @@ fn summarize(statuses: &[(usize, NodeStatus)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// CPU-stress threads started by [`Cluster::stress`]. Stops (and joins its
+/// threads) when its duration ends, on [`Stress::stop`], or when dropped.
+#[derive(Debug)]
+#[must_use = "dropping a Stress ends it at once"]
+pub struct Stress {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    cpus: Vec<usize>,
+}
+
+/// Most busy threads one stress may start.
+pub const MAX_STRESS_THREADS: usize = 64;
+/// Longest stress.
+pub const MAX_STRESS: Duration = Duration::from_secs(3_600);
+
+impl Stress {
+    fn start(pid: u32, threads: usize, duration: Duration) -> Result<Stress> {
+        if threads == 0 || threads > MAX_STRESS_THREADS {
+            return Err(TestnetError::InvalidSpec(format!(
+                "stress: threads must be 1..={MAX_STRESS_THREADS}, got {threads}"
+            )));
+        }
+        if duration > MAX_STRESS {
+            return Err(TestnetError::InvalidSpec(format!(
+                "stress: duration must be at most {} s, got {} s",
+                MAX_STRESS.as_secs(),
+                duration.as_secs()
+            )));
+        }
+        let cpus = cpus_of(pid)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + duration;
+        let threads = (0..threads)
+            .map(|k| {
+                let cpu = cpus[k % cpus.len()];
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("bizra-stress-{k}"))
+                    .spawn(move || {
+                        // Pinning failure still leaves a busy thread, which
+                        // still competes with the node: not worth failing.
+                        let _ = pin_to(cpu);
+                        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            for _ in 0..100_000 {
+                                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005));
+                            }
+                        }
+                    })
+                    .map_err(|e| TestnetError::io("start a stress thread", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stress {
+            stop,
+            threads,
+            cpus,
+        })
+    }
+
+    /// The CPUs the threads are pinned to (the node's affinity set).
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// True once every thread has ended (its duration passed).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Ends the stress now and waits for its threads.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Stress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The CPUs process `pid` may run on.
+#[cfg(target_os = "linux")]
+fn cpus_of(pid: u32) -> Result<Vec<usize>> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| TestnetError::InvalidSpec(format!("stress: pid {pid} out of range")))?;
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes
+    // at most size_of::<cpu_set_t>() bytes into it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(TestnetError::io(
+                format!("read the CPU affinity of pid {pid}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: cpu < CPU_SETSIZE, within the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cpus.is_empty() {
+        return Err(TestnetError::InvalidSpec(format!(
+            "stress: pid {pid} has an empty CPU affinity set"
+        )));
+    }
+    Ok(cpus)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpus_of(_pid: u32) -> Result<Vec<usize>> {
+    Ok(vec![0])
+}
+
+/// Pins the calling thread to `cpu`.
+#[cfg(target_os = "linux")]
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET with
+    // cpu < CPU_SETSIZE (it came from CPU_ISSET above) stays in bounds, and
+    // pid 0 means the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to(_cpu: usize) -> std::io::Result<()> {
+    Ok(())
 }

@@ -53,6 +53,8 @@ pub(crate) struct NodeLayout {
     pub(crate) admin_port: u16,
     /// `DIR/node-N`.
     pub(crate) dir: PathBuf,
+    /// Its region (genesis validator and node config `region`).
+    pub(crate) region: String,
 }
 
 impl NodeLayout {
@@ -82,6 +84,15 @@ impl NodeLayout {
     pub(crate) fn p2p_peer_addr(&self) -> String {
         format!("{}/p2p/{}", self.p2p_listen(), self.peer_id)
     }
+    /// The address to dial this node through a proxy on 127.0.0.1:`port`
+    /// (the PeerId is the node's own, so the Noise handshake still checks
+    /// who answers).
+    pub(crate) fn p2p_addr_via(&self, port: u16) -> String {
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", self.peer_id)
+    }
+    pub(crate) fn p2p_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.p2p_port))
+    }
 }
 
 /// `node-N` for the 0-based index `i`.
@@ -107,6 +118,7 @@ pub(crate) fn generate_nodes(dir: &Path, count: usize) -> Result<Vec<NodeLayout>
                 rpc_port: 0,
                 admin_port: 0,
                 dir: dir.join(node_name(index)),
+                region: "local".to_string(),
             };
             write_node_key(&node.data_dir(), &node.key)?;
             Ok(node)
@@ -169,6 +181,7 @@ pub(crate) fn load_nodes(dir: &Path, genesis: &Genesis) -> Result<Vec<NodeLayout
                 rpc_port: 0,
                 admin_port: 0,
                 dir: node_dir,
+                region: validator.region.clone(),
             })
         })
         .collect()
@@ -225,7 +238,7 @@ pub(crate) fn write_genesis(
             json!({
                 "public_key": bizra_crypto::hex::encode(&n.public_key),
                 "name": format!("validator-{}", n.index + 1),
-                "region": spec.region,
+                "region": n.region,
             })
         })
         .collect();
@@ -291,29 +304,40 @@ struct RaftSection {
 /// Writes `node-N/config.toml` for every node; a validator lists the
 /// other validators as p2p peers, a spare node (not in genesis) lists every
 /// other node and starts with `raft.join = true`.
-pub(crate) fn write_configs(spec: &ClusterSpec, nodes: &[NodeLayout]) -> Result<()> {
+///
+/// `dial_port(a, b)` is the port node `a` dials to reach node `b` (its
+/// fault-proxy link), or `None` to dial `b`'s own p2p port.
+pub(crate) fn write_configs(
+    spec: &ClusterSpec,
+    nodes: &[NodeLayout],
+    dial_port: &dyn Fn(usize, usize) -> Option<u16>,
+) -> Result<()> {
+    let raft = spec.effective_raft();
     for node in nodes {
         let spare = node.index >= spec.nodes;
         let config = ConfigFile {
             data_dir: "data",
             genesis: "../genesis.json",
-            region: &spec.region,
+            region: &node.region,
             p2p: P2pSection {
                 listen: node.p2p_listen(),
                 peers: nodes
                     .iter()
                     .filter(|other| other.index != node.index)
                     .filter(|other| spare || other.index < spec.nodes)
-                    .map(NodeLayout::p2p_peer_addr)
+                    .map(|other| match dial_port(node.index, other.index) {
+                        Some(port) => other.p2p_addr_via(port),
+                        None => other.p2p_peer_addr(),
+                    })
                     .collect(),
             },
             rpc: RpcSection {
                 listen: node.rpc_addr().to_string(),
             },
             raft: RaftSection {
-                heartbeat_ms: spec.raft.heartbeat_ms,
-                election_timeout_min_ms: spec.raft.election_timeout_min_ms,
-                election_timeout_max_ms: spec.raft.election_timeout_max_ms,
+                heartbeat_ms: raft.heartbeat_ms,
+                election_timeout_min_ms: raft.election_timeout_min_ms,
+                election_timeout_max_ms: raft.election_timeout_max_ms,
                 join: spare,
             },
             admin: AdminSection {
@@ -439,7 +463,7 @@ mod tests {
         let genesis = write_genesis(dir.path(), &spec, &nodes).expect("genesis");
         assert_eq!(genesis.validators.len(), 3);
         assert_eq!(genesis.policy.min_ahsan_score, 9500);
-        write_configs(&spec, &nodes).expect("configs");
+        write_configs(&spec, &nodes, &|_, _| None).expect("configs");
         let text = std::fs::read_to_string(nodes[0].config_path()).expect("read config");
         let value: toml::Value = toml::from_str(&text).expect("valid TOML");
         let peers = value["p2p"]["peers"].as_array().expect("peers");

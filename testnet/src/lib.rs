@@ -27,10 +27,13 @@
 
 mod attest;
 mod binary;
+mod chaos;
+mod checker;
 mod cluster;
 mod error;
 mod layout;
 mod process;
+mod proxy;
 mod rpc;
 mod spec;
 mod up;
@@ -41,10 +44,18 @@ pub use bizra_crypto::SigningKey;
 
 pub use attest::{attestation_id, new_attester, now_ms, random_poi_hash, sign_attestation};
 pub use binary::{resolve_node_binary, NODE_BIN_ENV};
-pub use cluster::{wait_until, Cluster, Stopped, KEEP_ENV};
+pub use chaos::{
+    run_chaos, schedule, ChaosOptions, ChaosReport, FaultEvent, FaultKind, PlannedFault,
+};
+pub use checker::{
+    check, check_cluster, check_urls, read_chain, read_chains, CheckReport, History, Location,
+    NodeChain, Verdict, Violation,
+};
+pub use cluster::{wait_until, Cluster, Stopped, Stress, KEEP_ENV, MAX_STRESS, MAX_STRESS_THREADS};
 pub use error::{codes, Result, RpcError, TestnetError};
 pub use layout::peer_id_of;
 pub use process::log_tail;
+pub use proxy::{Link, ProxyNet, LOSS_RTO, MAX_DELAY};
 pub use rpc::{parse_error_object, NodeStatus};
-pub use spec::{ClusterSpec, Finality, PolicySpec, RaftTiming};
-pub use up::{run_up, run_up_with};
+pub use spec::{default_rtt, ClusterSpec, Finality, PolicySpec, RaftTiming};
+pub use up::{parse_node, parse_sides, run_up, run_up_with, send_fault, Fault, CONTROL_FILE};

@@ -449,7 +449,15 @@ fn fake_node(args: &[String]) {
     let chain_id = genesis.chain_id();
 
     let p2p = bind_or_exit(&format!("127.0.0.1:{own_p2p}"));
-    std::thread::spawn(move || for _ in p2p.incoming() {});
+    // Connections are held open: peers reach this port through the
+    // testnet's fault proxy, which accepts even when the target is down and
+    // then closes at once, so "alive" is a connection that stays open.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in p2p.incoming().flatten() {
+            held.push(stream);
+        }
+    });
     let rpc = bind_or_exit(config["rpc"]["listen"].as_str().expect("rpc.listen"));
     let peer_id = bizra_testnet::peer_id_of(&own_pk);
     for stream in rpc.incoming().flatten() {
@@ -460,15 +468,31 @@ fn fake_node(args: &[String]) {
                 .iter()
                 .find(|(_, port)| match port {
                     None => true,
-                    Some(p) => TcpStream::connect_timeout(
-                        &SocketAddr::from(([127, 0, 0, 1], *p)),
-                        Duration::from_millis(200),
-                    )
-                    .is_ok(),
+                    Some(p) => peer_alive(*p),
                 })
                 .map(|(id, _)| *id);
             serve(stream, own_id, leader, &peer_id, &chain_id);
         });
+    }
+}
+
+/// True if a connection to `port` (a fault-proxy link) stays open for
+/// 200 ms: the proxy closes it at once when the peer behind it is down.
+fn peer_alive(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut stream, &mut byte) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 

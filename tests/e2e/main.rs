@@ -10,18 +10,22 @@
 //! nextest config puts these tests in the `cluster` group so at most two
 //! clusters run at once. All tests compile into this one binary.
 
+mod abuse;
 mod admission;
 mod api;
 mod auth;
+mod chaos;
 mod cluster;
 mod compliance;
 mod config;
+mod diskfull;
 mod finality;
 mod membership;
 mod metrics;
 mod ops;
 mod overload;
 mod pipeline;
+mod regions;
 mod resilience;
 mod rest;
 mod restart;

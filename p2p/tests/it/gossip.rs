@@ -8,7 +8,7 @@ use bizra_p2p::{spawn, spawn_with_limits, Limits, P2pConfig, P2pError, P2pEvent,
 
 use crate::common::{
     capture_warnings, config, dial_addr, echo, eventually, gossip_seen, has_gossip, is_connected,
-    key, serve, serve_judging, wait_linked, Judgement,
+    key, serve, serve_judging, wait_linked, Captured, Judgement,
 };
 
 /// Long enough for a message to cross three local nodes many times over.
@@ -186,7 +186,7 @@ async fn only_accepted_gossip_is_forwarded() {
 }
 
 #[tokio::test]
-async fn gossip_authored_outside_the_allow_list_is_rejected() {
+async fn gossip_authored_outside_the_allow_list_is_ignored() {
     let (logs, _guard) = capture_warnings();
     // x lists z, y does not: z reaches y only through x.
     let (x, x_events) = spawn(config(1, &[1, 2, 3], vec![])).await.unwrap();
@@ -210,7 +210,8 @@ async fn gossip_authored_outside_the_allow_list_is_rejected() {
         has_gossip(&x_seen, Topic::Finality, key(3), b"from z")
     })
     .await;
-    // ... where it is rejected and logged, naming the author.
+    // ... where it is ignored (not held against x, which may know a newer
+    // membership) and logged, naming the author.
     let z_id = z.peer_id();
     eventually("y's warning about z", DELIVERY, || {
         let text = logs.text();
@@ -380,4 +381,86 @@ async fn round_trip_times_are_reported() {
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn gossip_frames_above_the_transport_limit_are_dropped_unread() {
+    // gossipsub reports the refusal at debug, with how much it had read.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter("libp2p_gossipsub::handler=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    // x sends up to 512 KiB; y reads gossip frames of at most 16 KiB plus
+    // FRAME_OVERHEAD (32 KiB in all).
+    let (x, x_events) = spawn(P2pConfig {
+        max_gossip_bytes: 512 * 1024,
+        ..config(1, &[1, 2], vec![])
+    })
+    .await
+    .unwrap();
+    let (y, y_events) = spawn(P2pConfig {
+        max_gossip_bytes: 16 * 1024,
+        ..config(2, &[1, 2], vec![dial_addr(&x)])
+    })
+    .await
+    .unwrap();
+    let x_seen = serve(x_events, echo);
+    let y_seen = serve(y_events, echo);
+    wait_linked(&x, &y).await;
+
+    const BIG: usize = 256 * 1024;
+    x.publish(Topic::Attestations, vec![3; BIG]).await.unwrap();
+    // y's decoder refuses the frame once its buffer passes the limit: it
+    // never holds the whole 256 KiB.
+    let refused_at = |text: String| -> Option<(usize, usize)> {
+        let line = text.lines().find(|l| l.contains("exceeds maximum of"))?;
+        let rest = line.split("message with ").nth(1)?;
+        let (read, rest) = rest.split_once("b exceeds maximum of ")?;
+        let max = rest.split('b').next()?;
+        Some((read.parse().ok()?, max.parse().ok()?))
+    };
+    eventually("y's decoder to refuse the frame", DELIVERY, || {
+        let text = logs.text();
+        async move { refused_at(text).is_some() }
+    })
+    .await;
+    let (read, max) = refused_at(logs.text()).unwrap();
+    assert_eq!(max, 32 * 1024);
+    // At most one read chunk (8 KiB) past the limit.
+    assert!(
+        read <= max + 8 * 1024 && read < BIG,
+        "buffered {read} bytes"
+    );
+
+    // Nothing of it reached y's node; the connection, requests and gossip
+    // from y are unaffected.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        gossip_seen(&y_seen).is_empty(),
+        "the oversized message got through"
+    );
+    assert!(is_connected(&y, key(1)).await);
+    assert!(is_connected(&x, key(2)).await);
+    assert_eq!(x.request(key(2), b"ok".to_vec()).await.unwrap(), b"echo:ok");
+    y.publish(Topic::Finality, b"from y".to_vec())
+        .await
+        .unwrap();
+    eventually("y's message at x", DELIVERY, || async {
+        has_gossip(&x_seen, Topic::Finality, key(2), b"from y")
+    })
+    .await;
+    // Not held against x either: an oversized frame is a configuration
+    // mismatch, not an invalid message. (Known limit: y drops its side of
+    // x's gossip stream without resetting it, so x's later gossip to y
+    // stays stuck behind the big frame until the connection is re-made;
+    // hence every validator must use the same max_gossip_bytes.)
+    assert_eq!(y.conduct().await.unwrap().rejected_gossip_total, 0);
+
+    x.shutdown().await;
+    y.shutdown().await;
 }

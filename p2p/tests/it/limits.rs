@@ -1,4 +1,5 @@
-//! Size limits (local and remote, request and response) and overload.
+//! Size limits (local and remote, request and response, a peer lying
+//! about a frame's length) and overload.
 
 use std::time::Duration;
 
@@ -211,4 +212,171 @@ async fn bad_configuration_is_rejected_with_the_key() {
         other => panic!("expected Listen error, got {:?}", other.map(|_| ())),
     }
     a.shutdown().await;
+}
+
+/// A `/bizra/rpc/1` client that can lie about frame lengths: a request
+/// starting with `lie` announces a 4 GiB frame and then sends 64 KiB.
+#[derive(Clone, Default)]
+struct LyingCodec;
+
+impl libp2p::request_response::Codec for LyingCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("this client serves nothing"))
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use futures::AsyncReadExt;
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len).min(1 << 20) as usize;
+        let mut frame = vec![0; len];
+        io.read_exact(&mut frame).await?;
+        Ok(frame)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        if req.starts_with(b"lie") {
+            io.write_all(&u32::MAX.to_be_bytes()).await?;
+            // The receiver may close the stream before taking all of it.
+            let _ = io.write_all(&vec![0; 64 * 1024]).await;
+        } else {
+            io.write_all(&(req.len() as u32).to_be_bytes()).await?;
+            io.write_all(&req).await?;
+        }
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn request_announcing_a_huge_frame_is_refused_from_its_length() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+
+    // y allows 1 KiB requests; the lying client holds validator key 3.
+    let (y, y_events) = spawn(bizra_p2p::P2pConfig {
+        max_message_bytes: 1024,
+        ..config(2, &[2, 3], vec![])
+    })
+    .await
+    .unwrap();
+    let y_seen = serve(y_events, same);
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(crate::common::seed(3)).unwrap();
+    let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<LyingCodec>::new(
+                [(
+                    libp2p::StreamProtocol::new("/bizra/rpc/1"),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let y_addr: libp2p::Multiaddr = dial_addr(&y).parse().unwrap();
+    let y_peer: libp2p::PeerId = y.peer_id().parse().unwrap();
+    client.dial(y_addr).unwrap();
+
+    // Sends one request and drives the client until it has an outcome.
+    async fn exchange(
+        client: &mut libp2p::Swarm<request_response::Behaviour<LyingCodec>>,
+        peer: &libp2p::PeerId,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let id = client.behaviour_mut().send_request(peer, payload.to_vec());
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    }
+
+    // An honest request works: the client is a validator for y.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange(&mut client, &y_peer, b"hello"),
+    )
+    .await
+    .expect("honest request timed out");
+    assert_eq!(answer.unwrap(), [&[0u8][..], b"hello"].concat());
+
+    // A frame announcing 4 GiB fails at once (y refuses it from the length
+    // prefix and drops the stream), long before the 10 s request timeout.
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange(&mut client, &y_peer, b"lie"),
+    )
+    .await
+    .expect("the lying request was neither answered nor refused");
+    assert!(outcome.is_err(), "y answered a 4 GiB frame: {outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        requests_from(&y_seen, key(3)),
+        1,
+        "only the honest request arrived"
+    );
+
+    // The connection survives: the next honest request is served.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange(&mut client, &y_peer, b"again"),
+    )
+    .await
+    .expect("request after the lie timed out");
+    assert_eq!(answer.unwrap(), [&[0u8][..], b"again"].concat());
+    y.shutdown().await;
 }

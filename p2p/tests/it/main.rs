@@ -3,6 +3,7 @@
 
 mod allow_list;
 mod common;
+mod conduct;
 mod exchange;
 mod gossip;
 mod limits;

@@ -1,0 +1,11 @@
+//! A receipt's JSON, verified against a fixed genesis.
+//! A broken invariant (wrong error kind, no round trip) is turned into a
+//! panic so afl records it as a crash, like a panic in the parser itself.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        if let Err(broken) = bizra_node::fuzzing::receipt_json(data) {
+            panic!("{broken}");
+        }
+    });
+}
