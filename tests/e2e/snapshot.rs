@@ -64,3 +64,93 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
         support::assert_stored_as(&cluster, lagger, id, receipt);
     }
 }
+
+/// The figure: a node stopped while 10,000 Raft entries commit and
+/// the others purge their logs comes back through a snapshot install and
+/// reaches the same head hash, holding every acknowledged attestation.
+#[test]
+fn a_node_stopped_for_10k_entries_catches_up_by_snapshot() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    const ENTRIES: u64 = 10_000;
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(START)
+            .node_config("raft.snapshot_every_entries", 1_000)
+            .node_config("raft.logs_kept_after_snapshot", 0),
+    )
+    .expect("start a 3-node cluster");
+    let leader = cluster.leader(START).expect("a leader");
+    let lagger = (leader + 1) % 3;
+    let last_index = |i: usize| -> u64 {
+        cluster
+            .call(i, "node_status", json!([]))
+            .ok()
+            .and_then(|s| s["last_log_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let key = support::attester();
+    support::commit(&cluster, leader, &support::valid(&cluster, &key, "first"));
+    let lagger_index = last_index(lagger);
+    cluster.stop(lagger).expect("stop the node");
+
+    // Several sequential clients: one small block (one Raft entry) per
+    // commit round, until 10k entries are past the stopped node.
+    let receipts = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for t in 0..6 {
+            let (cluster, key, receipts, done) = (&cluster, &key, &receipts, &done);
+            scope.spawn(move || {
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) && i < 20_000 {
+                    let att = support::valid(cluster, key, &format!("10k-{t}-{i}"));
+                    let r = support::commit(cluster, leader, &att);
+                    receipts.lock().expect("no poisoning").push(r);
+                    i += 1;
+                }
+            });
+        }
+        let reached = bizra_testnet::wait_until(
+            std::time::Duration::from_secs(600),
+            "10k entries committed past the stopped node",
+            || {
+                let idx = last_index(leader);
+                if idx >= lagger_index + ENTRIES {
+                    Ok(idx)
+                } else {
+                    Err(format!("leader at index {idx}"))
+                }
+            },
+        );
+        done.store(true, Ordering::Relaxed);
+        reached.expect("the cluster commits 10k entries");
+    });
+    let purged = cluster
+        .call(leader, "node_status", json!([]))
+        .expect("status")["purged_index"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(purged > lagger_index, "the log the node needs is purged");
+
+    cluster.restart(lagger).expect("restart the node");
+    let head = cluster
+        .wait_converged(CONVERGE)
+        .expect("same head hash on every node");
+    assert!(head.is_some());
+    let status = cluster
+        .call(lagger, "node_status", json!([]))
+        .expect("status");
+    assert!(
+        status["snapshot_index"]
+            .as_u64()
+            .is_some_and(|s| s > lagger_index),
+        "caught up through a snapshot: {status}"
+    );
+    let receipts = receipts.into_inner().expect("no poisoning");
+    for receipt in &receipts {
+        let id = receipt["id"].as_str().expect("id");
+        support::assert_stored_as(&cluster, lagger, id, receipt);
+    }
+}
