@@ -49,6 +49,24 @@ fn check_safety(cluster: &Cluster, acked: &Acked, step: &str) {
         .wait_converged(CONVERGE)
         .unwrap_or_else(|e| panic!("{step}: nodes did not converge: {e}"))
         .unwrap_or_else(|| panic!("{step}: no block committed"));
+    // The consistency checker (the one `testnet chaos` uses): acks, one
+    // hash per height, no gaps, headers, certificates, no duplicates.
+    let history = bizra_testnet::History {
+        acknowledged: acked
+            .iter()
+            .map(|(id, r)| {
+                bizra_testnet::Location::from_answer(id, r)
+                    .unwrap_or_else(|| panic!("{step}: not a committed answer: {r}"))
+            })
+            .collect(),
+        reads: Vec::new(),
+    };
+    let report = bizra_testnet::check_cluster(cluster, &history);
+    assert!(
+        report.passed(),
+        "{step}: the checker found violations: {:?}",
+        report.violations
+    );
     let running = cluster.running();
     for &i in &running {
         for (id, receipt) in acked {
