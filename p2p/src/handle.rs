@@ -335,16 +335,26 @@ impl P2pHandle {
         allow: bool,
         addr: Option<libp2p::Multiaddr>,
     ) -> Result<(), P2pError> {
+        self.ask(|reply| Command::SetAllowed {
+            key,
+            allow,
+            addr,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a command that the swarm task answers on `reply`, and waits
+    /// for the answer at most [`LOCAL_QUERY_TIMEOUT`].
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, P2pError> {
         let (reply, answer) = oneshot::channel();
         let query = async {
             self.inner
                 .commands
-                .send(Command::SetAllowed {
-                    key,
-                    allow,
-                    addr,
-                    reply,
-                })
+                .send(command(reply))
                 .await
                 .map_err(|_| P2pError::Stopped)?;
             answer.await.map_err(|_| P2pError::Stopped)
@@ -359,20 +369,7 @@ impl P2pHandle {
     /// Allowed peers connected right now, with their remote address, sorted
     /// by PeerId.
     pub async fn connected_peers(&self) -> Result<Vec<PeerInfo>, P2pError> {
-        let (reply, answer) = oneshot::channel();
-        let query = async {
-            self.inner
-                .commands
-                .send(Command::ConnectedPeers { reply })
-                .await
-                .map_err(|_| P2pError::Stopped)?;
-            answer.await.map_err(|_| P2pError::Stopped)
-        };
-        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, query)
-            .await
-            .unwrap_or(Err(P2pError::Unresponsive {
-                after: LOCAL_QUERY_TIMEOUT,
-            }))
+        self.ask(|reply| Command::ConnectedPeers { reply }).await
     }
 
     /// Rejected gossip and cut-off validators since start. A validator whose
@@ -381,20 +378,7 @@ impl P2pHandle {
     /// at connection set-up and not dialed for `limits.misbehaviour_cooldown`
     /// (logged at warn); then it may reconnect with a fresh count.
     pub async fn conduct(&self) -> Result<ConductReport, P2pError> {
-        let (reply, answer) = oneshot::channel();
-        let query = async {
-            self.inner
-                .commands
-                .send(Command::Conduct { reply })
-                .await
-                .map_err(|_| P2pError::Stopped)?;
-            answer.await.map_err(|_| P2pError::Stopped)
-        };
-        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, query)
-            .await
-            .unwrap_or(Err(P2pError::Unresponsive {
-                after: LOCAL_QUERY_TIMEOUT,
-            }))
+        self.ask(|reply| Command::Conduct { reply }).await
     }
 
     /// Publishes `data` on `topic` to every connected validator subscribed
@@ -436,21 +420,8 @@ impl P2pHandle {
                 max,
             });
         }
-        let (reply, answer) = oneshot::channel();
-        let exchange = async {
-            self.inner
-                .commands
-                .send(Command::Publish { topic, data, reply })
-                .await
-                .map_err(|_| P2pError::Stopped)?;
-            // The swarm task drops `reply` only when it stops.
-            answer.await.map_err(|_| P2pError::Stopped)?
-        };
-        tokio::time::timeout(LOCAL_QUERY_TIMEOUT, exchange)
-            .await
-            .unwrap_or(Err(P2pError::Unresponsive {
-                after: LOCAL_QUERY_TIMEOUT,
-            }))
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
     }
 
     /// The largest payload [`publish`](Self::publish) accepts
