@@ -127,6 +127,17 @@ pub(crate) async fn start(
     Ok(server.start(module))
 }
 
+/// Registers an async admin method whose result is counted (and logged)
+/// under the same name it is registered with.
+macro_rules! counted_method {
+    ($m:ident, $name:literal, |$params:ident, $node:ident| $call:expr) => {
+        $m.register_async_method($name, |$params, $node, _| async move {
+            let result = $call;
+            counted(&$node, $name, result)
+        })?;
+    };
+}
+
 fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterMethodError> {
     let mut m = RpcModule::from_arc(node);
     // admin_status: the Raft core as this node sees it.
@@ -135,31 +146,24 @@ fn module(node: Arc<Node>) -> Result<RpcModule<Node>, jsonrpsee::core::RegisterM
     })?;
     // admin_addLearner: a new node (key, optional dial address) joins as a
     // non-voting member and is caught up from the log or a snapshot.
-    m.register_async_method("admin_addLearner", |params, node, _| async move {
-        let result = add_learner(&params, &node).await;
-        counted(&node, "admin_addLearner", result)
-    })?;
+    counted_method!(m, "admin_addLearner", |params, node| add_learner(
+        &params, &node
+    )
+    .await);
     // admin_promote: a caught-up learner becomes a voter (joint consensus).
-    m.register_async_method("admin_promote", |params, node, _| async move {
-        let result = promote(&params, &node).await;
-        counted(&node, "admin_promote", result)
-    })?;
+    counted_method!(m, "admin_promote", |params, node| promote(&params, &node)
+        .await);
     // admin_remove: a voter or learner leaves the membership.
-    m.register_async_method("admin_remove", |params, node, _| async move {
-        let result = remove(&params, &node).await;
-        counted(&node, "admin_remove", result)
-    })?;
+    counted_method!(m, "admin_remove", |params, node| remove(&params, &node)
+        .await);
     // admin_transferLeader: hand leadership to another voter.
-    m.register_async_method("admin_transferLeader", |params, node, _| async move {
-        let result = transfer_leader(&params, &node).await;
-        counted(&node, "admin_transferLeader", result)
-    })?;
+    counted_method!(m, "admin_transferLeader", |params, node| transfer_leader(
+        &params, &node
+    )
+    .await);
     // admin_snapshot: build a snapshot now (and purge the log behind it
     // per raft.logs_kept_after_snapshot).
-    m.register_async_method("admin_snapshot", |_, node, _| async move {
-        let result = snapshot(&node).await;
-        counted(&node, "admin_snapshot", result)
-    })?;
+    counted_method!(m, "admin_snapshot", |_params, node| snapshot(&node).await);
     Ok(m)
 }
 
