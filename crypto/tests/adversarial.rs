@@ -8,12 +8,11 @@
 //! 30 000 generated inputs, a few seconds in a debug build. Together with
 //! `node/src/fuzzing.rs` the issue-6 suite runs over 100 000 inputs.
 
-use bizra_crypto::{
-    merkle, Attestation, AttestationError, BlockHeader, Certificate, FinalityVote, Genesis, Hash,
-    Policy, Receipt, SigningKey, Validator,
-};
+use bizra_crypto::{Attestation, AttestationError, Genesis, Hash, SigningKey};
 use proptest::prelude::*;
 use serde_json::Value;
+
+mod common;
 
 const ATTESTATION_CASES: u32 = 6_000;
 const RECEIPT_CASES: u32 = 3_000;
@@ -36,62 +35,16 @@ fn sample_attestation() -> Attestation {
 }
 
 fn sample_receipt() -> (String, Genesis) {
-    let cid = chain();
-    let validators: Vec<SigningKey> = (1u8..=3)
-        .map(|i| SigningKey::from_bytes(&[i; 32]))
-        .collect();
-    let genesis = Genesis {
-        format: 1,
-        chain_name: "bizra-adv-1".into(),
-        validators: validators
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Validator {
-                public_key: k.verifying_key().to_bytes(),
-                name: format!("v{i}"),
-                region: "r".into(),
-            })
-            .collect(),
-        policy: Policy {
-            min_ahsan_score: 9500,
-            max_age_s: 300,
-            max_future_skew_s: 30,
-            finality: bizra_crypto::FinalityPolicy::Majority,
-        },
-    };
-    let att = sample_attestation();
-    let ids: Vec<Hash> = vec![[1; 32], att.id(&cid)];
-    let block = BlockHeader {
-        chain_id: cid,
-        height: 1,
-        parent_hash: [0; 32],
-        attestations_root: merkle::root(&ids),
-        attestation_count: 2,
-        proposed_at_ms: 1,
-        proposer: validators[0].verifying_key().to_bytes(),
-        raft_term: 1,
-        raft_index: 2,
-    };
-    let block_hash = block.hash();
-    let receipt = Receipt {
-        chain_id: cid,
-        attestation: att,
-        id: ids[1],
-        block,
-        block_hash,
-        index: 1,
-        audit_path: merkle::audit_path(&ids, 1),
-        certificate: Some(Certificate {
-            height: 1,
-            block_hash,
-            votes: validators[..2]
-                .iter()
-                .map(|k| FinalityVote::sign(k, &cid, 1, &block_hash))
-                .collect(),
-        }),
-    };
-    assert_eq!(receipt.verify(&genesis), Ok(()));
-    (receipt.to_json().to_string(), genesis)
+    let other = Attestation::sign(
+        &SigningKey::from_bytes(&[8; 32]),
+        &chain(),
+        [4; 32],
+        1_795_000_000_000,
+        9_750,
+        "c".into(),
+    )
+    .expect("valid shape");
+    common::receipt_for("bizra-adv-1", &[other, sample_attestation()])
 }
 
 /// Values of every JSON type, including the awkward ones: huge and

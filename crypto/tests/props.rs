@@ -11,6 +11,8 @@ use bizra_crypto::{
 use ed25519_dalek::Signature;
 use proptest::prelude::*;
 
+mod common;
+
 fn chain() -> Hash {
     bizra_crypto::chain_id("bizra-prop-1").expect("a valid chain name")
 }
@@ -202,33 +204,10 @@ proptest! {
     }
 }
 
-/// A receipt to mutate: built here from fixed keys, so the no-panic test
-/// does not depend on the vectors file.
+/// A receipt to mutate: built from fixed keys, so the no-panic test does
+/// not depend on the vectors file.
 fn sample_receipt_and_genesis() -> (String, bizra_crypto::Genesis) {
-    use bizra_crypto::{BlockHeader, Certificate, Genesis, Policy, Receipt, Validator};
     let cid = bizra_crypto::chain_id("bizra-prop-1").expect("valid name");
-    let validators: Vec<SigningKey> = (1u8..=3)
-        .map(|i| SigningKey::from_bytes(&[i; 32]))
-        .collect();
-    let genesis = Genesis {
-        format: 1,
-        chain_name: "bizra-prop-1".into(),
-        validators: validators
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Validator {
-                public_key: k.verifying_key().to_bytes(),
-                name: format!("v{i}"),
-                region: "r".into(),
-            })
-            .collect(),
-        policy: Policy {
-            min_ahsan_score: 9500,
-            max_age_s: 300,
-            max_future_skew_s: 30,
-            finality: bizra_crypto::FinalityPolicy::Majority,
-        },
-    };
     let attester = SigningKey::from_bytes(&[9; 32]);
     let atts: Vec<Attestation> = (0..3)
         .map(|i| {
@@ -243,38 +222,7 @@ fn sample_receipt_and_genesis() -> (String, bizra_crypto::Genesis) {
             .expect("valid shape")
         })
         .collect();
-    let ids: Vec<Hash> = atts.iter().map(|a| a.id(&cid)).collect();
-    let block = BlockHeader {
-        chain_id: cid,
-        height: 1,
-        parent_hash: [0; 32],
-        attestations_root: merkle::root(&ids),
-        attestation_count: 3,
-        proposed_at_ms: 1,
-        proposer: validators[0].verifying_key().to_bytes(),
-        raft_term: 1,
-        raft_index: 2,
-    };
-    let block_hash = block.hash();
-    let receipt = Receipt {
-        chain_id: cid,
-        attestation: atts[2].clone(),
-        id: ids[2],
-        block: block.clone(),
-        block_hash,
-        index: 2,
-        audit_path: merkle::audit_path(&ids, 2),
-        certificate: Some(Certificate {
-            height: 1,
-            block_hash,
-            votes: validators[..2]
-                .iter()
-                .map(|k| FinalityVote::sign(k, &cid, 1, &block_hash))
-                .collect(),
-        }),
-    };
-    assert_eq!(receipt.verify(&genesis), Ok(()));
-    (receipt.to_json().to_string(), genesis)
+    common::receipt_for("bizra-prop-1", &atts)
 }
 
 proptest! {
