@@ -64,7 +64,14 @@ fn admission(c: &mut Criterion) {
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // One verifier lane: the same single core that the raw
         // `verify_batch` benchmark uses, so the ratio is the overhead.
-        let (admitter, verifier) = Admitter::start(chain, policy.clone(), 100_000, 1, stop_rx);
+        let (admitter, verifier) = Admitter::start(
+            chain,
+            policy.clone(),
+            100_000,
+            1,
+            std::sync::Arc::new(bizra_crypto::Verifier::default()),
+            stop_rx,
+        );
         runtime.spawn(verifier);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("admitter", n), &atts, |b, atts| {

@@ -4,7 +4,8 @@
 //! for each proposed attestation in order, `check_shape`, then
 //! `verify_strict` with the chain id (one at a time: batch verification
 //! accepts some signatures that strict verification refuses, so it would
-//! let nodes disagree), then skip ids already committed and ids accepted
+//! let nodes disagree; a strict success this node already computed at
+//! admission is reused through [`Verifier`], which gives the same answer), then skip ids already committed and ids accepted
 //! earlier in the same proposal; the accepted ones form the block.
 //! Must not: read the clock, randomness, configuration or anything but the
 //! entry and the committed state, since every node must compute the same
@@ -13,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use bizra_crypto::{merkle, Attestation, AttestationError, BlockHeader, Hash};
+use bizra_crypto::{merkle, Attestation, AttestationError, BlockHeader, Hash, Verifier};
 use bizra_storage::{LogIdOf, NewBlock, StateTables, StateUpdate, StorageError};
 use openraft::{EntryPayload, StoredMembership};
 
@@ -23,6 +24,7 @@ use crate::types::{BlockProposal, BlockSummary, Entry, Outcome, Request, Respons
 /// the entry's log id as the new last applied id, in one atomic batch.
 pub(crate) fn apply_entry(
     tables: &StateTables,
+    verifier: &Verifier,
     chain_id: &Hash,
     entry: Entry,
 ) -> Result<Response, StorageError> {
@@ -45,7 +47,7 @@ pub(crate) fn apply_entry(
             },
         ),
         EntryPayload::Normal(Request::Block(proposal)) => {
-            let (response, block) = build_block(tables, chain_id, &log_id, proposal)?;
+            let (response, block) = build_block(tables, verifier, chain_id, &log_id, proposal)?;
             (
                 response,
                 StateUpdate {
@@ -81,6 +83,7 @@ fn rejection(e: &AttestationError) -> String {
 /// any attestation was accepted.
 pub(crate) fn build_block(
     tables: &StateTables,
+    verifier: &Verifier,
     chain_id: &Hash,
     log_id: &LogIdOf,
     proposal: BlockProposal,
@@ -93,7 +96,7 @@ pub(crate) fn build_block(
     let mut accepted: Vec<(Hash, Attestation)> = Vec::new();
     let mut in_block: HashMap<Hash, u32> = HashMap::new();
     for att in proposal.attestations {
-        if let Err(e) = att.check_shape().and_then(|()| att.verify_strict(chain_id)) {
+        if let Err(e) = verifier.verify_strict_once(&att, chain_id) {
             outcomes.push(Outcome::Rejected {
                 reason: rejection(&e),
             });

@@ -21,8 +21,9 @@
 //! (sled batches are atomic across crashes).
 
 use std::io::Cursor;
+use std::sync::Arc;
 
-use bizra_crypto::Hash;
+use bizra_crypto::{Hash, Verifier};
 use bizra_storage::{MembershipOf, SnapshotMetaOf, StateTables, StorageError as DiskError, Store};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -45,6 +46,9 @@ pub struct StateMachine {
     /// install so readers ([`ChainReader::watch_head`](crate::ChainReader::watch_head))
     /// learn about new blocks without polling.
     head: tokio::sync::watch::Sender<u64>,
+    /// Shared with the node's admission, which remembers strict successes
+    /// so apply does not verify the same signature a second time.
+    verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -72,7 +76,15 @@ impl StateMachine {
             tables,
             chain_id,
             head,
+            verifier: Arc::new(Verifier::default()),
         }
+    }
+
+    /// The signature memory apply consults; give the same one to admission
+    /// (`Admitter::with_verifier`) so each attestation is verified strictly
+    /// once per node.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.clone()
     }
 
     /// Publishes the current head height (after apply or install).
@@ -189,13 +201,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let tables = self.tables.clone();
         let chain_id = self.chain_id;
+        let verifier = self.verifier.clone();
         // Signature checks are CPU-bound (about 1000 per block): keep them
         // off the async worker threads.
         let responses = tokio::task::spawn_blocking(move || {
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
-                let response = apply_entry(&tables, &chain_id, entry).map_err(|e| (log_id, e))?;
+                let response =
+                    apply_entry(&tables, &verifier, &chain_id, entry).map_err(|e| (log_id, e))?;
                 responses.push(response);
             }
             Ok(responses)

@@ -224,6 +224,16 @@ impl Attestation {
 /// Items with a bad shape, a key that is not a point, or a small-order key
 /// are `false` without entering the batch.
 pub fn verify_batch(chain_id: &Hash, atts: &[Attestation]) -> Vec<bool> {
+    verify_batch_with(chain_id, atts, |bytes| VerifyingKey::from_bytes(bytes).ok())
+}
+
+/// [`verify_batch`] with the key decompression supplied by the caller (the
+/// [`crate::Verifier`] remembers decompressed keys).
+pub(crate) fn verify_batch_with(
+    chain_id: &Hash,
+    atts: &[Attestation],
+    key_of: impl Fn(&[u8; 32]) -> Option<VerifyingKey>,
+) -> Vec<bool> {
     let mut results = vec![false; atts.len()];
     let mut positions = Vec::with_capacity(atts.len());
     let mut messages = Vec::with_capacity(atts.len());
@@ -233,7 +243,7 @@ pub fn verify_batch(chain_id: &Hash, atts: &[Attestation]) -> Vec<bool> {
         if att.check_shape().is_err() {
             continue;
         }
-        let Ok(key) = VerifyingKey::from_bytes(&att.attester) else {
+        let Some(key) = key_of(&att.attester) else {
             continue;
         };
         if key.is_weak() {

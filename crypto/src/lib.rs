@@ -17,7 +17,8 @@
 //! - [`keys`]: Ed25519 key generation and the node-key file form.
 //! - [`chain_id`], [`node_id`]: identities derived by hashing.
 //! - [`Attestation`]: the signed Proof-of-Impact statement, its JSON form and
-//!   its strict and batch verification.
+//!   its strict and batch verification; [`Verifier`] remembers keys and
+//!   strict successes so a node verifies each attestation once.
 //! - [`BlockHeader`] and [`merkle`]: blocks and inclusion proofs.
 //! - [`FinalityVote`], [`Certificate`]: finality.
 //! - [`Genesis`]: the cluster's genesis file.
@@ -38,6 +39,7 @@ pub mod merkle;
 mod receipt;
 pub mod score;
 pub mod time;
+mod verifier;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
@@ -51,6 +53,7 @@ pub use genesis::{FinalityPolicy, Genesis, Policy, Validator, GENESIS_FORMAT};
 pub use ids::{chain_id, node_id, MAX_CHAIN_NAME_BYTES};
 pub use receipt::{verify_receipt_json, Receipt};
 pub use score::to_json as score_to_json;
+pub use verifier::{Verifier, DEFAULT_KEY_CAPACITY, DEFAULT_VERIFIED_CAPACITY};
 
 /// A BLAKE3-256 digest: chain ids, attestation ids, block hashes, Merkle
 /// nodes. A plain array so it is `Copy`, hashable and cheap to compare.

