@@ -241,6 +241,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let hidden = args.json || !std::io::stderr().is_terminal();
     let bar = progress_bar(count, hidden);
+    let cpu_at_start = process_cpu_s();
     let started = Instant::now();
     let stop_at = started + time_cap;
     let (done_tx, done_rx) = mpsc::channel::<Result<Tally>>();
@@ -323,6 +324,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu_s = process_cpu_s() - cpu_at_start;
     bar.finish_and_clear();
     let sent = u64::try_from(next.load(Ordering::Relaxed))
         .unwrap_or(u64::MAX)
@@ -357,6 +359,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             "requests_by_retries": by_retries,
         },
         "duplicates": total.duplicates,
+        // This process's CPU time while submitting (signing excluded), so a
+        // benchmark can subtract the load generator's share of the cores.
+        "client_cpu_s": client_cpu_s,
         "count": count,
         "sent": sent,
         "unfinished": unfinished,
@@ -454,4 +459,16 @@ mod tests {
         assert_eq!((a.ok, a.retries_total, a.retries_max), (1, 2, 2));
         assert_eq!(a.errors["UNAVAILABLE"], 1);
     }
+}
+
+/// CPU time (user + system) this process has used, in seconds; 0 where
+/// `getrusage` is unavailable.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
