@@ -425,6 +425,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) this process has used, in seconds; 0 where
+/// `getrusage` is unavailable.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,16 +471,4 @@ mod tests {
         assert_eq!((a.ok, a.retries_total, a.retries_max), (1, 2, 2));
         assert_eq!(a.errors["UNAVAILABLE"], 1);
     }
-}
-
-/// CPU time (user + system) this process has used, in seconds; 0 where
-/// `getrusage` is unavailable.
-fn process_cpu_s() -> f64 {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
