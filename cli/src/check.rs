@@ -35,6 +35,10 @@ pub(crate) enum CheckCommand {
     /// Measure fdatasync latency of a directory's disk with WAL-sized
     /// appends; PASS if p99 < 10 ms (exit status 1 on FAIL).
     Disk(DiskArgs),
+    /// Measure the CPU cost of one attestation's unavoidable work (strict
+    /// verification, admission batch share, state-table write) and the
+    /// commit rate those costs allow a local cluster on this machine.
+    Costs(crate::costs::CostsArgs),
 }
 
 /// `bizra-node check disk`.
@@ -60,6 +64,7 @@ pub(crate) struct DiskArgs {
 pub(crate) fn run(command: CheckCommand) -> Result<()> {
     match command {
         CheckCommand::Disk(args) => disk(args),
+        CheckCommand::Costs(args) => crate::costs::costs(args),
     }
 }
 

@@ -10,6 +10,7 @@ mod bench;
 mod chaos;
 mod check;
 mod client;
+mod costs;
 mod testnet;
 mod verify;
 

@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use bizra_crypto::Hash;
-use bizra_storage::Store;
+use bizra_storage::{Store, StoreOptions};
 
 mod apply;
 mod error;
@@ -44,8 +44,17 @@ pub async fn open(
     dir: &Path,
     chain_id: Hash,
 ) -> Result<(LogStore, StateMachine, ChainReader), ConsensusError> {
+    open_with(dir, chain_id, StoreOptions::default()).await
+}
+
+/// [`open`] with storage tuning (`[storage]` of the node's config).
+pub async fn open_with(
+    dir: &Path,
+    chain_id: Hash,
+    options: StoreOptions,
+) -> Result<(LogStore, StateMachine, ChainReader), ConsensusError> {
     let dir = dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, options))
         .await
         .map_err(|e| ConsensusError::Task(e.to_string()))??;
     // Before anything else touches the data: it must be this chain's.

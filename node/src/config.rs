@@ -188,6 +188,9 @@ pub struct StorageSection {
     /// Below this many free bytes on the data directory's filesystem the
     /// node logs a warning (every minute) and `GET /ready` says so.
     pub min_free_bytes: u64,
+    /// Bound on the storage engine's page cache (sled), in bytes: a node's
+    /// resident memory grows under load until this cache is full.
+    pub cache_bytes: u64,
 }
 
 /// `[shutdown]`: how long a graceful stop may take.
@@ -225,6 +228,7 @@ impl Default for StorageSection {
     fn default() -> Self {
         Self {
             min_free_bytes: 1 << 30,
+            cache_bytes: bizra_storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -602,6 +606,7 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::Bool,
     },
     int("storage.min_free_bytes", 0, 1 << 50),
+    int("storage.cache_bytes", 16 << 20, 1 << 40),
     int("shutdown.deadline_ms", 100, 600_000),
 ];
 

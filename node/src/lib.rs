@@ -150,9 +150,15 @@ pub async fn run_in(
     )));
     // Before the store opens, so that its first fdatasync is measured.
     bizra_storage::set_sync_observer(Some(metrics.sync_observer()));
-    let (log_store, state_machine, reader) = bizra_consensus::open(&db_dir, chain_id)
-        .await
-        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    let (log_store, state_machine, reader) = bizra_consensus::open_with(
+        &db_dir,
+        chain_id,
+        bizra_storage::StoreOptions {
+            cache_bytes: config.storage.cache_bytes,
+        },
+    )
+    .await
+    .map_err(|e| NodeError::Consensus(e.to_string()))?;
     // One signature memory for admission and apply: see bizra_crypto::Verifier.
     let signature_memory = state_machine.verifier();
     let finality_tables = log_store.store().finality();

@@ -80,5 +80,5 @@ pub use state::{
     HeadRef, IndexEntry, LogIdOf, MembershipOf, NewBlock, ParsedSnapshot, StateTables, StateUpdate,
     StoredAttestation, StoredBlock, VoterSetChange,
 };
-pub use store::Store;
+pub use store::{Store, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use syncer::{set_sync_observer, SyncObserver, SyncedFile};

@@ -73,7 +73,34 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Tuning of a [`Store`] that does not change what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Bound on sled's page cache, in bytes. sled keeps written and read
+    /// tree pages in memory up to this size, so a node's resident memory
+    /// grows under load until the cache is full: with sled's default of
+    /// 1 GiB, a saturated node grew from 250 to 600 MiB in three minutes
+    /// and was still growing (docs/PERFORMANCE.md, "Memory").
+    pub cache_bytes: u64,
+}
+
+/// The default [`StoreOptions::cache_bytes`]: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 impl Store {
+    /// [`Store::open_with`] the default options.
+    pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
     /// Opens (or creates) the storage in `dir` and starts its syncer thread.
     ///
     /// sled's `conf` and the directories it and this call may have created
@@ -81,12 +108,13 @@ impl Store {
     /// sled never syncs the directory entries it creates; doing it every
     /// time also covers a first start that crashed right after creating
     /// them.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store> {
         let sled_dir = dir.join("sled");
         std::fs::create_dir_all(&sled_dir)
             .map_err(|e| StorageError::io("create directory", &sled_dir, e))?;
         remove_interrupted_sled_snapshots(&sled_dir)?;
         let db = sled_config(&sled_dir)
+            .cache_capacity(options.cache_bytes)
             .open()
             .map_err(|source| StorageError::Open {
                 path: sled_dir.clone(),

@@ -141,6 +141,53 @@ fn ops_check_disk_reports_latency_and_cleans_up() {
 }
 
 #[test]
+fn ops_check_costs_states_the_cpu_limit_and_cleans_up() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir_arg = tmp.path().to_str().expect("utf-8 temp path");
+    let out = run(&[
+        "check", "costs", "--count", "512", "--nodes", "3", "--cores", "2", "--dir", dir_arg,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("--json prints one JSON object ({e}): {stdout:?}"));
+    let us = |k: &str| {
+        let v = report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {report}"));
+        assert!(v > 0.0, "{k} is a measured cost: {report}");
+        v
+    };
+    let (strict, batch, store) = (
+        us("verify_strict_us"),
+        us("admission_batch_us_per_item"),
+        us("store_write_us_per_att"),
+    );
+    // The limit is the arithmetic of the measured costs: 3 strict checks
+    // and 3 writes (every node), one admission share, on 2 cores.
+    let per_att = 3.0 * strict + batch + 3.0 * store;
+    assert!(
+        (us("cpu_us_per_att") - per_att).abs() < 1e-6 * per_att,
+        "{report}"
+    );
+    assert!(
+        (us("limit_per_s") - 2e6 / per_att).abs() < 1e-6 * 2e6 / per_att,
+        "{report}"
+    );
+    assert_eq!(report["count"], 512, "{report}");
+    assert!(
+        entries(tmp.path()).is_empty(),
+        "the temp store is removed: {:?}",
+        entries(tmp.path())
+    );
+
+    let out = run(&["check", "costs", "--count", "1"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("256.."), "{}", text(&out.stderr));
+}
+
+#[test]
 fn ops_check_disk_refuses_out_of_range_flags() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir_arg = tmp.path().to_str().expect("utf-8 temp path");
