@@ -5,8 +5,9 @@
 //! `verify_strict` with the chain id (one at a time: batch verification
 //! accepts some signatures that strict verification refuses, so it would
 //! let nodes disagree; a strict success this node already computed at
-//! admission is reused through [`Verifier`], which gives the same answer), then skip ids already committed and ids accepted
-//! earlier in the same proposal; the accepted ones form the block.
+//! admission is reused through [`Verifier`], which gives the same answer),
+//! then skip ids already committed and ids accepted earlier in the same
+//! proposal; the accepted ones form the block.
 //! Must not: read the clock, randomness, configuration or anything but the
 //! entry and the committed state, since every node must compute the same
 //! block hash from the same entry. Synchronous on purpose: callers run it

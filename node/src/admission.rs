@@ -266,8 +266,9 @@ async fn run_verifier(
 }
 
 /// Checks a batch in the protocol's order: shape first (a malformed item
-/// never reaches the batch), then one batch signature check, then the
-/// clock and score policy per item.
+/// never reaches a signature check), then the signature (one batch check
+/// for client submissions; a strict, remembered check per gossiped item),
+/// then the clock and score policy per item.
 fn verify_jobs(jobs: Vec<Job>, chain_id: &Hash, policy: &Policy, verifier: &Verifier) {
     let now = crate::now_ms();
     let mut clients = Vec::with_capacity(jobs.len());

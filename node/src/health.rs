@@ -297,6 +297,16 @@ fn wants_openmetrics(accept: Option<&http::HeaderValue>) -> bool {
         .is_some_and(|v| v.contains("application/openmetrics-text"))
 }
 
+/// This process's resident set size from `/proc/self/statm` (pages), or
+/// `None` where that file does not exist.
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
+
 /// Sets every state gauge from the node, then encodes all metrics in
 /// OpenMetrics or, unless `openmetrics`, the Prometheus text format.
 async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
@@ -311,6 +321,9 @@ async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
     m.raft_last_log_index.set(int(v.last_log_index));
     m.raft_applied_index.set(int(v.applied_index));
     m.pool_pending.set(int(node.pool.len() as u64));
+    if let Some(rss) = resident_memory_bytes() {
+        m.resident_memory.set(int(rss));
+    }
     m.queue_depth.set(int(node.admitter.queue_depth() as u64));
     m.divergence_evidence
         .set(int(node.finality.divergence_count()));

@@ -185,6 +185,8 @@ pub(crate) struct Metrics {
     pub(crate) finalized_height: Gauge,
     pub(crate) finality_lag: Gauge,
     pub(crate) db_size: Gauge,
+    /// This process's resident memory, read at every scrape.
+    pub(crate) resident_memory: Gauge,
     /// Client requests refused by auth, by reason.
     pub(crate) auth_refused: Family<AuthLabels, Counter>,
     /// Admin API calls by method and result.
@@ -269,6 +271,7 @@ impl Metrics {
             finalized_height: Gauge::default(),
             finality_lag: Gauge::default(),
             db_size: Gauge::default(),
+            resident_memory: Gauge::default(),
             auth_refused: Family::default(),
             admin_requests: Family::default(),
             gossip_rejected: Counter::default(),
@@ -398,6 +401,11 @@ impl Metrics {
             "bizra_db_size_bytes",
             "Bytes used by this node's database directory",
             m.db_size.clone(),
+        );
+        r.register(
+            "bizra_process_resident_memory_bytes",
+            "Resident memory of this node's process (it grows with the database: see docs/PERFORMANCE.md, Memory)",
+            m.resident_memory.clone(),
         );
         r.register(
             "bizra_auth_refused",

@@ -239,6 +239,7 @@ fn metrics_and_readiness_on_a_real_cluster() {
             "bizra_chain_head_height",
             "bizra_chain_finalized_height",
             "bizra_db_size_bytes",
+            "bizra_process_resident_memory_bytes",
             "bizra_rpc_requests_total",
         ] {
             assert!(m.has(family), "node-{}: no {family}", i + 1);
@@ -268,6 +269,11 @@ fn metrics_and_readiness_on_a_real_cluster() {
             "node-{node}"
         );
         assert!(m.value("bizra_db_size_bytes") > 0.0, "node-{node}");
+        // A running node has at least a few MiB resident.
+        assert!(
+            m.value("bizra_process_resident_memory_bytes") > f64::from(1u32 << 20),
+            "node-{node}"
+        );
         let leader_id = cluster.node_id(leader).to_string();
         assert_eq!(
             m.sum_where("bizra_raft_leader", "leader_id", &leader_id),
