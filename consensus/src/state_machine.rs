@@ -80,9 +80,9 @@ impl StateMachine {
         }
     }
 
-    /// The signature memory apply consults; give the same one to admission
-    /// (`Admitter::with_verifier`) so each attestation is verified strictly
-    /// once per node.
+    /// The signature memory apply consults; give the same one to the node's
+    /// admission (`Admitter::start`) so each attestation is verified
+    /// strictly once per node.
     pub fn verifier(&self) -> Arc<Verifier> {
         self.verifier.clone()
     }

@@ -73,8 +73,7 @@ impl Verifier {
         att: &Attestation,
         chain_id: &Hash,
     ) -> Result<(), AttestationError> {
-        att.check_shape()?;
-        let message = att.message(chain_id);
+        let message = shaped_message(att, chain_id)?;
         self.check(att, &message)?;
         lock(&self.verified).insert(digest(&message, &att.signature), ());
         Ok(())
@@ -88,8 +87,7 @@ impl Verifier {
         att: &Attestation,
         chain_id: &Hash,
     ) -> Result<(), AttestationError> {
-        att.check_shape()?;
-        let message = att.message(chain_id);
+        let message = shaped_message(att, chain_id)?;
         let digest = digest(&message, &att.signature);
         if lock(&self.verified).remove(&digest).is_some() {
             return Ok(());
@@ -115,6 +113,13 @@ impl Verifier {
     pub fn remembered(&self) -> usize {
         lock(&self.verified).len()
     }
+}
+
+/// The signed message of a well-shaped attestation (the shape check comes
+/// first, as in [`Attestation::verify_strict`]).
+fn shaped_message(att: &Attestation, chain_id: &Hash) -> Result<Vec<u8>, AttestationError> {
+    att.check_shape()?;
+    Ok(att.message(chain_id))
 }
 
 /// What identifies one strict verification: the signed message (which
