@@ -34,7 +34,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::ApiError;
 use crate::config::AuthSection;
-use crate::metrics::{AuthLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::rpc::BoxError;
 
 /// Largest tokens file read: a thousand entries fit in well under this.
@@ -286,12 +286,7 @@ impl IpLimiter {
                 retry_after_ms,
             };
             if let Some(metrics) = &self.metrics {
-                metrics
-                    .auth_refused
-                    .get_or_create(&AuthLabels {
-                        reason: refusal.reason(),
-                    })
-                    .inc();
+                metrics.auth_refusal(refusal.reason());
             }
             refusal
         })
@@ -537,12 +532,7 @@ impl Auth {
         if let Err(refusal) = &outcome {
             tracing::debug!(reason = refusal.reason(), "client request refused by auth");
             if let Some(metrics) = &self.metrics {
-                metrics
-                    .auth_refused
-                    .get_or_create(&AuthLabels {
-                        reason: refusal.reason(),
-                    })
-                    .inc();
+                metrics.auth_refusal(refusal.reason());
             }
         }
         outcome

@@ -489,6 +489,14 @@ impl Metrics {
         reading.and_then(|r| r.warning()).into_iter().collect()
     }
 
+    /// Counts one client request refused by auth (`reason` is
+    /// `Refusal::reason`).
+    pub(crate) fn auth_refusal(&self, reason: &'static str) {
+        self.auth_refused
+            .get_or_create(&AuthLabels { reason })
+            .inc();
+    }
+
     /// Counts one admission decision.
     pub(crate) fn admission(&self, source: Source, result: &Result<bizra_crypto::Hash, ApiError>) {
         let result = match result {
