@@ -289,9 +289,10 @@ impl Metrics {
             disk: Mutex::new(None),
         };
         m.compliance_score.set(100.0);
-        // Both files' series exist from the start, at zero, so rate() and
+        // Every file's series exists from the start, at zero, so rate() and
         // histogram_quantile() work before the first sync.
         for file in [
+            bizra_storage::SyncedFile::RaftLog,
             bizra_storage::SyncedFile::Sled,
             bizra_storage::SyncedFile::OwnVotes,
         ] {
@@ -434,7 +435,7 @@ impl Metrics {
         );
         r.register(
             "bizra_storage_fsync_duration_seconds",
-            "Duration of each fdatasync of a data file, by file (sled: Raft log, vote and state tables in group-commit rounds; own_votes: this validator's finality votes)",
+            "Duration of each fdatasync of a data file, by file (raft_log: the Raft log's segments in group-commit rounds of appends; sled: vote and state tables when a vote, the chain stamp or a snapshot is made durable; own_votes: this validator's finality votes)",
             m.storage.fsync_duration.clone(),
         );
         r.register(
@@ -444,7 +445,7 @@ impl Metrics {
         );
         r.register(
             "bizra_storage_group_commits",
-            "Group-commit rounds (sled flush + fdatasync) that made queued Raft log appends and vote saves durable",
+            "Group-commit rounds that made queued requests durable: Raft log appends (fdatasync of its segments) and vote saves or explicit syncs (sled flush + fdatasync)",
             m.storage.group_commits.clone(),
         );
         r.register(
@@ -1010,6 +1011,7 @@ mod tests {
         for line in [
             "bizra_storage_fsyncs_total{file=\"sled\"} 1",
             "bizra_storage_fsyncs_total{file=\"own_votes\"} 1",
+            "bizra_storage_fsyncs_total{file=\"raft_log\"} 0",
             "bizra_storage_fsync_duration_seconds_bucket{le=\"0.001\",file=\"sled\"} 1",
             "bizra_storage_fsync_duration_seconds_bucket{le=\"0.0005\",file=\"sled\"} 0",
             "bizra_storage_fsync_duration_seconds_bucket{le=\"0.015\",file=\"own_votes\"} 0",

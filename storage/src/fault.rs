@@ -243,7 +243,7 @@ mod tests {
         let dir = mnt.dir.path().join("db");
         let store = crate::Store::open(&dir).expect("open on an empty tmpfs");
         let ballast = fill(mnt.dir.path(), 8 << 10);
-        let log = store.log_tree().clone();
+        let log = store.meta_tree().clone();
         let mut acked = Vec::new();
         let mut failed = None;
         for i in 0..100_000u64 {
@@ -287,7 +287,7 @@ mod tests {
         drop(log);
         drop(store);
         let store = crate::Store::open(&dir).expect("reopens once space is back");
-        let log = store.log_tree();
+        let log = store.meta_tree();
         for i in &acked {
             assert!(
                 log.get(i.to_be_bytes()).expect("read").is_some(),
@@ -316,7 +316,7 @@ mod tests {
             let store = crate::Store::open(&dir).expect("open on an empty tmpfs");
             for i in 0..50u64 {
                 store
-                    .log_tree()
+                    .meta_tree()
                     .insert(i.to_be_bytes(), vec![1u8; 1000])
                     .expect("insert");
             }
@@ -327,7 +327,7 @@ mod tests {
         let store = crate::Store::open(&dir).expect("reopen");
         for i in 50..60u64 {
             store
-                .log_tree()
+                .meta_tree()
                 .insert(i.to_be_bytes(), vec![1u8; 1000])
                 .expect("insert");
         }
@@ -355,7 +355,7 @@ mod tests {
         for i in 0..50u64 {
             assert!(
                 store
-                    .log_tree()
+                    .meta_tree()
                     .get(i.to_be_bytes())
                     .expect("read")
                     .is_some(),

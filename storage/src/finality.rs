@@ -869,7 +869,7 @@ mod tests {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         i += 1;
                         store
-                            .log_tree()
+                            .meta_tree()
                             .insert(i.to_be_bytes(), vec![i as u8; 64 * 1024])
                             .expect("insert");
                         store.sync().await.expect("sync");
@@ -884,7 +884,7 @@ mod tests {
             for (i, vote) in votes.iter().enumerate() {
                 if case == "dirty 64 KiB" {
                     store
-                        .log_tree()
+                        .meta_tree()
                         .insert((i as u64).to_be_bytes(), vec![i as u8; 64 * 1024])
                         .expect("insert");
                 }

@@ -1,5 +1,6 @@
-//! Durable storage of a bizra node: one sled database holding the Raft log,
-//! the Raft vote, and the state machine's tables, plus the last snapshot.
+//! Durable storage of a bizra node: the Raft log's own segment files
+//! (`log_file`), one sled database holding the Raft vote and the state
+//! machine's tables, plus the last snapshot.
 //!
 //! Owns: bytes on disk and when they are durable. Must not: know about
 //! networking, Raft RPCs, or what makes a block valid (that is
@@ -31,8 +32,10 @@
 //!
 //! Group commit: [`Store::request_sync`] queues a callback; one thread does
 //! one flush + fdatasync round for every callback queued before the round
-//! started ([`Store::sync_count`] counts rounds). Raft appends go through
-//! it, and `save_vote` waits for it before returning.
+//! started ([`Store::sync_count`] counts rounds); `save_vote` waits for it
+//! before returning. Raft log appends have their own thread and rounds of
+//! the same kind, an fdatasync of the segments written since the last one
+//! ([`LogStore::sync_count`]; `log_file`, docs/DURABILITY.md section 10).
 //!
 //! Metrics: [`set_sync_observer`] installs a [`SyncObserver`] that is told
 //! the duration of every fdatasync of a data file and the size of every
@@ -56,11 +59,13 @@
 //! The state tables are written without syncing, each applied entry as one
 //! atomic sled batch together with its log id: if a power loss rolls them
 //! back, Raft re-applies from the (durable) log. Before a snapshot lets the
-//! log be purged, the builder syncs (see `bizra-consensus`).
+//! log be purged, the builder syncs (see `bizra-consensus`), and the purge
+//! itself syncs sled (the purge point) before it deletes a segment.
 
 mod error;
 mod fault;
 mod finality;
+mod log_file;
 mod raft_log;
 mod snapshot;
 mod state;
@@ -74,6 +79,7 @@ pub use finality::{
     DivergenceEvidence, FinalityTables, OwnVote, OwnVoteError, ReceivedVote, VoteRecord,
     MAX_VOTES_AHEAD,
 };
+pub use log_file::MAX_ENTRY_BYTES;
 pub use raft_log::{LogStore, MAX_READ_BYTES};
 pub use snapshot::{SnapshotFile, SnapshotMetaOf};
 pub use state::{

@@ -1,17 +1,19 @@
-//! The Raft log store: openraft's `RaftLogStorage` over sled.
+//! The Raft log store: openraft's `RaftLogStorage` over the log's own
+//! segment files (`log_file`) and sled's `raft_meta` tree.
 //!
-//! Owns: the `raft_log` tree (entries and the last purged log id) and the
-//! vote and committed id in `raft_meta`. Must not: acknowledge an append
-//! or a vote before it is durable against power loss (see `syncer`), or
-//! interpret the entries' payload (it is generic over the type config, so
-//! it only needs the entries to be serde types).
+//! Owns: encoding entries for the segment files, and the vote, the
+//! committed id and the last purged log id in `raft_meta`. Must not:
+//! acknowledge an append or a vote before it is durable against power loss
+//! (see `log_file` and `syncer`), or interpret the entries' payload (it is
+//! generic over the type config, so it only needs the entries to be serde
+//! types).
 //!
-//! Keys of `raft_log`: an entry is stored under its index as 8 big-endian
-//! bytes (so sled's order is log order) with the codec-encoded entry as the
-//! value; the last purged log id is stored under the EMPTY key, which sorts
-//! before every index. Keeping it in the same tree lets `purge` write it and
-//! delete the entries in one atomic batch: no crash can leave a hole
-//! between the purged id and the first entry.
+//! The last purged log id is kept in `raft_meta` twice, in one atomic
+//! batch: codec-encoded (generic, for openraft) and as its bare index (8
+//! big-endian bytes) for [`crate::Store::open`], which hands it to the
+//! segment files before any type config is known. It is made durable
+//! before any segment is deleted, so no crash can leave a hole between the
+//! purged id and the first entry.
 
 use std::fmt::Debug;
 use std::io;
@@ -29,7 +31,10 @@ use crate::store::Store;
 
 type RaftResult<T, C> = Result<T, openraft::StorageError<<C as RaftTypeConfig>::NodeId>>;
 
-const LAST_PURGED_KEY: &[u8] = b"";
+/// Keys in `raft_meta` (shared with `store`, which reads the index at open
+/// and moves the id there from the sled log of older versions).
+pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
+pub(crate) const LAST_PURGED_INDEX_KEY: &[u8] = b"last_purged_index";
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 
@@ -63,10 +68,6 @@ impl<C> Debug for LogStore<C> {
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 fn read_err<NID: openraft::NodeId>(e: impl Into<StorageError>) -> openraft::StorageError<NID> {
     let e: StorageError = e.into();
     StorageIOError::read_logs(AnyError::new(&e)).into()
@@ -91,22 +92,6 @@ fn decode<T: DeserializeOwned>(
 
 fn encode<T: Serialize>(what: impl FnOnce() -> String, v: &T) -> Result<Vec<u8>, StorageError> {
     bizra_crypto::codec::encode(v).map_err(|e| StorageError::codec(what(), e))
-}
-
-/// Maps a range of indexes to a range of keys that never includes the
-/// empty (last purged) key.
-fn key_range(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    let start = match range.start_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Included(index_key(0)),
-    };
-    let end = match range.end_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (start, end)
 }
 
 impl<C> LogStore<C>
@@ -135,41 +120,53 @@ where
         &self.store
     }
 
+    /// Rounds of the log's syncer (one `fdatasync` per segment written
+    /// since the previous round): with group commit this grows slower
+    /// than [`LogStore::synced_appends`] under load. For metrics and tests.
+    pub fn sync_count(&self) -> u64 {
+        self.store.log_file().sync_count()
+    }
+
+    /// Appends acknowledged durable (or failed) so far.
+    pub fn synced_appends(&self) -> u64 {
+        self.store.log_file().synced_requests()
+    }
+
     fn read_range(
         &self,
         range: &impl RangeBounds<u64>,
         max_bytes: usize,
     ) -> Result<Vec<C::Entry>, StorageError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for kv in self.store.log_tree().range(key_range(range)) {
-            let (k, v) = kv?;
-            if !out.is_empty() && bytes + v.len() > max_bytes {
-                break;
-            }
-            bytes += v.len();
-            out.push(decode(|| format!("log entry under key {k:02x?}"), &v)?);
-        }
-        Ok(out)
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let until = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let raw = self.store.log_file().read(from, until, max_bytes)?;
+        raw.iter()
+            .enumerate()
+            .map(|(i, bytes)| decode(|| format!("log entry {}", from + i as u64), bytes))
+            .collect()
     }
 
     fn last_purged(&self) -> Result<Option<LogId<C::NodeId>>, StorageError> {
-        match self.store.log_tree().get(LAST_PURGED_KEY)? {
+        match self.store.meta_tree().get(LAST_PURGED_KEY)? {
             Some(v) => decode(|| "last purged log id".into(), &v),
             None => Ok(None),
         }
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<C::NodeId>>, StorageError> {
-        // The greatest key is the last entry, or the empty key when the
-        // log holds no entry.
-        match self.store.log_tree().last()? {
-            Some((k, v)) if k.len() == 8 => {
-                let entry: C::Entry = decode(|| format!("log entry under key {k:02x?}"), &v)?;
-                Ok(Some(entry.get_log_id().clone()))
-            }
-            _ => Ok(None),
-        }
+        let Some(last) = self.store.log_file().last_index() else {
+            return Ok(None);
+        };
+        let entries = self.read_range(&(last..=last), usize::MAX)?;
+        Ok(entries.first().map(|e| e.get_log_id().clone()))
     }
 }
 
@@ -266,49 +263,46 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::new();
         for entry in entries {
             let index = entry.get_log_id().index;
             let bytes = encode(|| format!("log entry {index}"), &entry).map_err(write_err)?;
-            batch.insert(&index_key(index), bytes);
+            encoded.push((index, bytes));
         }
-        // Written (and readable) now; durable when the syncer's next round
-        // completes, which is when openraft hears about it.
+        // Written (and readable) now; durable when the log syncer's next
+        // round completes, which is when openraft hears about it.
         self.store
-            .log_tree()
-            .apply_batch(batch)
-            .map_err(|e| write_err(self.write_failed("append to the raft log in", e)))?;
-        self.store
-            .request_sync(move |result: io::Result<()>| callback.log_io_completed(result))
+            .log_file()
+            .append(encoded, move |result: io::Result<()>| {
+                callback.log_io_completed(result)
+            })
             .await
             .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> RaftResult<(), C> {
-        // Not synced on its own: the next append's sync covers it (sled
-        // recovers a prefix of its writes), and until then the removed
-        // entries were never committed, so seeing them again after a crash
-        // is a state Raft already handles.
-        let tree = self.store.log_tree();
-        let mut batch = sled::Batch::default();
-        for k in tree.range(key_range(&(log_id.index..))).keys() {
-            batch.remove(k.map_err(write_err)?);
-        }
-        tree.apply_batch(batch)
-            .map_err(|e| write_err(self.write_failed("truncate the raft log in", e)))
+        // Durable before returning (see `log_file`). Faults are latched by
+        // the log file itself.
+        self.store
+            .log_file()
+            .truncate(log_id.index)
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> RaftResult<(), C> {
-        let tree = self.store.log_tree();
-        let mut batch = sled::Batch::default();
-        for k in tree.range(key_range(&(..=log_id.index))).keys() {
-            batch.remove(k.map_err(write_err)?);
-        }
         let index = log_id.index;
         let bytes =
             encode(|| format!("last purged log id {index}"), &Some(log_id)).map_err(write_err)?;
+        let mut batch = sled::Batch::default();
         batch.insert(LAST_PURGED_KEY, bytes);
-        tree.apply_batch(batch)
-            .map_err(|e| write_err(self.write_failed("purge the raft log in", e)))
+        batch.insert(LAST_PURGED_INDEX_KEY, &index.to_be_bytes());
+        self.store
+            .meta_tree()
+            .apply_batch(batch)
+            .map_err(|e| write_err(self.write_failed("save the purged log id in", e)))?;
+        // The purge point is durable before a segment is deleted: after a
+        // crash the files may hold more, never less, than it says.
+        self.store.sync().await.map_err(write_err)?;
+        self.store.log_file().purge(index).map_err(write_err)
     }
 }

@@ -10,11 +10,13 @@
 //! dir/sled/             the sled database (trees below)
 //! dir/snapshot.current  the last state-machine snapshot (see `snapshot`)
 //! dir/own_votes.log     this validator's own finality votes (see `vote_log`)
+//! dir/raft_log/*.seg    the Raft log's entries (see `log_file`)
 //! ```
-//! Trees: `raft_log` (entries, last purged id), `raft_meta` (vote,
-//! committed, chain id), `state` (state-machine tables), `finality`
-//! (received finality votes, certificates, divergence evidence; see
-//! `finality`).
+//! Trees: `raft_meta` (vote, committed, last purged id, chain id), `state`
+//! (state-machine tables), `finality` (received finality votes,
+//! certificates, divergence evidence; see `finality`). Up to version 0.1
+//! the entries were in a `raft_log` tree; [`Store::open`] moves them to
+//! the segment files once (`migrate_sled_raft_log`).
 
 use std::fs::File;
 use std::io;
@@ -28,9 +30,11 @@ use tokio::sync::oneshot;
 use crate::error::{Result, StorageError};
 use crate::fault::FaultLatch;
 use crate::finality::{migrate_sled_own_votes, FinalityTables};
+use crate::log_file::LogFile;
+use crate::raft_log::{LAST_PURGED_INDEX_KEY, LAST_PURGED_KEY};
 use crate::snapshot::SnapshotFile;
 use crate::state::StateTables;
-use crate::syncer::{DiskSync, SyncCallback, Syncer};
+use crate::syncer::{DiskSync, SyncCallback, SyncRound, Syncer};
 use crate::vote_log::VoteLog;
 
 const RAFT_LOG_TREE: &str = "raft_log";
@@ -38,6 +42,9 @@ const RAFT_META_TREE: &str = "raft_meta";
 const STATE_TREE: &str = "state";
 const FINALITY_TREE: &str = "finality";
 const CHAIN_ID_KEY: &[u8] = b"chain_id";
+/// Set in `raft_meta` once the entries of the old `raft_log` tree are in
+/// the segment files (or there were none).
+const LOG_IN_FILES_KEY: &[u8] = b"raft_log_in_files";
 
 /// A node's durable storage: one sled database plus the snapshot file.
 ///
@@ -52,7 +59,6 @@ pub struct Store {
 
 struct Inner {
     dir: PathBuf,
-    log: sled::Tree,
     meta: sled::Tree,
     state: StateTables,
     finality: sled::Tree,
@@ -60,6 +66,8 @@ struct Inner {
     snapshot: SnapshotFile,
     /// The first failed write, for the node (see `fault`).
     faults: FaultLatch,
+    /// The Raft log's entries; its syncer thread stops when this drops.
+    raft_log: LogFile,
     // Declared last: dropped after the trees above, and its Drop joins the
     // thread so that the database is closed once the last handle is gone.
     syncer: Syncer,
@@ -122,7 +130,6 @@ impl Store {
                 source,
             })?;
         sync_dirs_at_open(dir, &sled_dir)?;
-        let log = db.open_tree(RAFT_LOG_TREE)?;
         let meta = db.open_tree(RAFT_META_TREE)?;
         let state = StateTables::new(db.open_tree(STATE_TREE)?);
         let finality = db.open_tree(FINALITY_TREE)?;
@@ -131,23 +138,24 @@ impl Store {
         let faults = FaultLatch::new(dir);
         let own_votes = Arc::new(VoteLog::open(dir)?.with_faults(faults.clone()));
         migrate_sled_own_votes(&finality, &own_votes)?;
-        let disk = DiskSync::new(db, &sled_dir)
+        let mut disk = DiskSync::new(db.clone(), &sled_dir)
             .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?
             .with_faults(faults.clone());
-        let syncer = Syncer::start(disk)
+        let raft_log = open_raft_log(dir, &db, &meta, &mut disk, &faults)?;
+        let syncer = Syncer::start(disk, "bizra-sled-sync")
             .map_err(|e| StorageError::io("spawn syncer thread for", &sled_dir, e))?;
         let snapshot = SnapshotFile::new(dir);
         snapshot.remove_leftover_tmp()?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                log,
                 meta,
                 state,
                 finality,
                 own_votes,
                 snapshot,
                 faults,
+                raft_log,
                 syncer,
             }),
         })
@@ -192,8 +200,8 @@ impl Store {
         &self.inner.snapshot
     }
 
-    pub(crate) fn log_tree(&self) -> &sled::Tree {
-        &self.inner.log
+    pub(crate) fn log_file(&self) -> &LogFile {
+        &self.inner.raft_log
     }
 
     pub(crate) fn meta_tree(&self) -> &sled::Tree {
@@ -268,18 +276,117 @@ impl Store {
             .map_err(|e| StorageError::SyncPoisoned(e.to_string()))
     }
 
-    /// How many flush + fdatasync rounds have completed: with group commit
-    /// this grows slower than [`Store::synced_requests`] under load. For
-    /// metrics and tests.
+    /// How many sled flush + fdatasync rounds have completed (vote saves,
+    /// explicit syncs; Raft log appends have their own rounds, see
+    /// [`crate::LogStore::sync_count`]). For metrics and tests.
     pub fn sync_count(&self) -> u64 {
         self.inner.syncer.stats().rounds.load(Ordering::Relaxed)
     }
 
-    /// How many sync waiters (appends, vote writes, explicit syncs) have
-    /// been completed. For metrics and tests.
+    /// How many sync waiters (vote writes, explicit syncs) have been
+    /// completed. For metrics and tests.
     pub fn synced_requests(&self) -> u64 {
         self.inner.syncer.stats().completed.load(Ordering::Relaxed)
     }
+}
+
+/// How many bytes of old log entries [`migrate_sled_raft_log`] writes per
+/// segment append.
+const MIGRATION_CHUNK_BYTES: usize = 64 << 20;
+
+/// Opens the Raft log's segment files, first moving the entries of an
+/// older version's `raft_log` tree into them.
+fn open_raft_log(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    disk: &mut DiskSync,
+    faults: &FaultLatch,
+) -> Result<LogFile> {
+    let purged = match meta.get(LAST_PURGED_INDEX_KEY)? {
+        Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StorageError::Corrupt(format!(
+                "the purged log index in raft_meta is {} bytes, not 8",
+                v.len()
+            ))
+        })?)),
+        None => None,
+    };
+    let names = db.tree_names();
+    let has_old_tree = names.iter().any(|n| n.as_ref() == RAFT_LOG_TREE.as_bytes());
+    if meta.contains_key(LOG_IN_FILES_KEY)? || !has_old_tree {
+        if has_old_tree {
+            // Moved before; dropping the tree was interrupted.
+            db.drop_tree(RAFT_LOG_TREE)?;
+        }
+        if !meta.contains_key(LOG_IN_FILES_KEY)? {
+            meta.insert(LOG_IN_FILES_KEY, &[1u8])?;
+        }
+        return LogFile::open(dir, purged, faults.clone());
+    }
+    migrate_sled_raft_log(dir, db, meta, disk, faults)
+}
+
+/// Moves the entries of the `raft_log` tree (up to version 0.1: each entry
+/// under its index as 8 big-endian bytes, codec bytes as the value, the
+/// last purged id under the empty key) into fresh segment files.
+///
+/// Crash safety: the tree is dropped only after the segments are durable
+/// and `raft_meta` says so (synced); an interrupted move leaves the tree
+/// whole, and the next open deletes the partial segments and starts over.
+fn migrate_sled_raft_log(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    disk: &mut DiskSync,
+    faults: &FaultLatch,
+) -> Result<LogFile> {
+    let old = db.open_tree(RAFT_LOG_TREE)?;
+    let seg_dir = dir.join(crate::log_file::DIR_NAME);
+    if seg_dir.exists() {
+        std::fs::remove_dir_all(&seg_dir).map_err(|e| StorageError::io("remove", &seg_dir, e))?;
+        sync_dir(dir)?;
+    }
+    let log = LogFile::open(dir, None, faults.clone())?;
+    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut moved = 0u64;
+    let mut first = None;
+    for kv in old.range(0u64.to_be_bytes()..) {
+        let (key, value) = kv?;
+        let index = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                StorageError::Corrupt(format!("raft_log tree key {key:02x?} is not an index"))
+            })?;
+        first.get_or_insert(index);
+        chunk_bytes += value.len();
+        chunk.push((index, value.to_vec()));
+        if chunk_bytes >= MIGRATION_CHUNK_BYTES {
+            moved += chunk.len() as u64;
+            log.write_durably(&std::mem::take(&mut chunk))?;
+            chunk_bytes = 0;
+        }
+    }
+    moved += chunk.len() as u64;
+    log.write_durably(&chunk)?;
+    let mut batch = sled::Batch::default();
+    if let Some(purged_id) = old.get(b"")? {
+        batch.insert(LAST_PURGED_KEY, purged_id);
+        // Entries up to the purged id were deleted from the tree, so the
+        // first one left follows it.
+        if let Some(first) = first.filter(|f| *f > 0) {
+            batch.insert(LAST_PURGED_INDEX_KEY, &(first - 1).to_be_bytes());
+        }
+    }
+    batch.insert(LOG_IN_FILES_KEY, &[1u8]);
+    meta.apply_batch(batch)?;
+    disk.sync(None)
+        .map_err(|e| StorageError::io("flush + fdatasync of", dir.join("sled"), e))?;
+    drop(old);
+    db.drop_tree(RAFT_LOG_TREE)?;
+    tracing::info!(entries = moved, dir = %dir.display(), "moved the raft log from sled into its own segment files");
+    Ok(log)
 }
 
 /// sled's segment (IO buffer) size: 16 MiB, sled's maximum.

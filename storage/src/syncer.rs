@@ -56,8 +56,11 @@ pub(crate) const QUEUE_CAPACITY: usize = 1024;
 /// Which file an observed fdatasync made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncedFile {
-    /// sled's files: its log file `db` (holding the Raft log, the vote and
-    /// the state tables) or one of its blob files, in a group-commit round.
+    /// The Raft log's segment files (`raft_log/*.seg`), in a group-commit
+    /// round of appends.
+    RaftLog,
+    /// sled's files: its log file `db` (holding the vote and the state
+    /// tables) or one of its blob files, in a sync round of the store.
     Sled,
     /// `own_votes.log`, once per own-finality-vote append.
     OwnVotes,
@@ -67,6 +70,7 @@ impl SyncedFile {
     /// A short stable name, usable as a metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            SyncedFile::RaftLog => "raft_log",
             SyncedFile::Sled => "sled",
             SyncedFile::OwnVotes => "own_votes",
         }
@@ -123,10 +127,6 @@ pub(crate) fn fdatasync(
     Ok(())
 }
 
-/// The raft log's tree name (as in `store`), read to count log entries per
-/// round.
-const RAFT_LOG_TREE: &str = "raft_log";
-
 /// Counters shared between the syncer thread and the store's users.
 #[derive(Debug, Default)]
 pub(crate) struct SyncStats {
@@ -136,7 +136,22 @@ pub(crate) struct SyncStats {
     pub(crate) completed: AtomicU64,
 }
 
-/// The files to sync and what was synced last time.
+/// One kind of durable round the syncer thread runs: everything written to
+/// the files it covers before [`SyncRound::sync`] is called is on stable
+/// storage when it returns `Ok`.
+pub(crate) trait SyncRound: Send + 'static {
+    /// Makes the writes durable, reporting each fdatasync to `observer`.
+    fn sync(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()>;
+    /// Raft log entries appended since the last call (read before a
+    /// round's sync, so everything counted is covered by that round).
+    fn new_log_entries(&mut self) -> u64;
+    /// What a failed round was syncing: for the log line and the latch.
+    fn what(&self) -> (&'static str, &Path);
+    /// Where a failed round is recorded for the node (disk full, issue 6).
+    fn faults(&self) -> &crate::fault::FaultLatch;
+}
+
+/// sled's files to sync and what was synced last time.
 pub(crate) struct DiskSync {
     db: sled::Db,
     sled_dir: PathBuf,
@@ -146,39 +161,15 @@ pub(crate) struct DiskSync {
     blobs_synced: HashMap<OsString, u64>,
     /// Names in the sled directory when it was last fsynced.
     dir_names: BTreeSet<OsString>,
-    /// The Raft log tree, whose last index tells how many entries a round
-    /// covered.
-    log: sled::Tree,
-    /// Last Raft log index already counted as synced.
-    last_counted: u64,
-    /// Where this round's fdatasyncs are reported (taken at each round).
-    observer: Option<Arc<dyn SyncObserver>>,
     /// Where a failed round is recorded for the node (disk full, issue 6).
     faults: crate::fault::FaultLatch,
-}
-
-/// The highest Raft log index in `log`, 0 when it holds none (its keys are
-/// u64 big-endian indexes, plus the last-purged id under the empty key,
-/// which sorts first).
-fn last_log_index(log: &sled::Tree) -> u64 {
-    match log.last() {
-        Ok(Some((key, _))) => <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes),
-        // A read error here only affects a metric; the round itself
-        // reports real I/O errors.
-        _ => 0,
-    }
 }
 
 impl DiskSync {
     /// Prepares syncing of the sled database living in `sled_dir`.
     pub(crate) fn new(db: sled::Db, sled_dir: &Path) -> io::Result<Self> {
         let db_file = File::open(sled_dir.join("db"))?;
-        let log = db.open_tree(RAFT_LOG_TREE).map_err(io::Error::other)?;
-        let last_counted = last_log_index(&log);
         Ok(DiskSync {
-            log,
-            last_counted,
-            observer: None,
             faults: crate::fault::FaultLatch::default(),
             db,
             sled_dir: sled_dir.to_path_buf(),
@@ -196,30 +187,7 @@ impl DiskSync {
         self
     }
 
-    /// One durable round: everything written to sled before this call is
-    /// on stable storage when it returns `Ok`.
-    pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.observer = observer();
-        // Writes sled's IO buffers and waits for them (sync_file_range).
-        // The I/O error itself, not a wrapper: its kind says "disk full".
-        self.db.flush().map_err(crate::fault::sled_io)?;
-        // Makes them durable (drive cache flush, size metadata).
-        fdatasync(&self.db_file, SyncedFile::Sled, self.observer.as_deref())?;
-        self.sync_blobs()?;
-        self.sync_dir_if_changed()
-    }
-
-    /// Log entries appended since the last call (read before a round's
-    /// flush, so everything counted is covered by that round).
-    fn new_log_entries(&mut self) -> u64 {
-        let last = last_log_index(&self.log);
-        let new = last.saturating_sub(self.last_counted);
-        // After a truncation the index goes down: count from there.
-        self.last_counted = last;
-        new
-    }
-
-    fn sync_blobs(&mut self) -> io::Result<()> {
+    fn sync_blobs(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()> {
         let blob_dir = self.sled_dir.join("blobs");
         let entries = match std::fs::read_dir(&blob_dir) {
             Ok(entries) => entries,
@@ -244,7 +212,7 @@ impl DiskSync {
             let previous = self.blobs_synced.get(&name).copied();
             if previous != Some(len) {
                 match File::open(blob_dir.join(&name)) {
-                    Ok(file) => fdatasync(&file, SyncedFile::Sled, self.observer.as_deref())?,
+                    Ok(file) => fdatasync(&file, SyncedFile::Sled, observer)?,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
@@ -271,6 +239,31 @@ impl DiskSync {
     }
 }
 
+impl SyncRound for DiskSync {
+    fn sync(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()> {
+        // Writes sled's IO buffers and waits for them (sync_file_range).
+        // The I/O error itself, not a wrapper: its kind says "disk full".
+        self.db.flush().map_err(crate::fault::sled_io)?;
+        // Makes them durable (drive cache flush, size metadata).
+        fdatasync(&self.db_file, SyncedFile::Sled, observer)?;
+        self.sync_blobs(observer)?;
+        self.sync_dir_if_changed()
+    }
+
+    fn new_log_entries(&mut self) -> u64 {
+        // The Raft log has its own files and rounds (`log_file`).
+        0
+    }
+
+    fn what(&self) -> (&'static str, &Path) {
+        ("flush + fdatasync of", &self.sled_dir)
+    }
+
+    fn faults(&self) -> &crate::fault::FaultLatch {
+        &self.faults
+    }
+}
+
 /// Handle to the syncer thread. Dropping it closes the queue and joins the
 /// thread (which first completes everything still queued).
 pub(crate) struct Syncer {
@@ -280,13 +273,13 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread.
-    pub(crate) fn start(disk: DiskSync) -> io::Result<Self> {
+    /// Starts the thread, named `name`, running `disk`'s rounds.
+    pub(crate) fn start(disk: impl SyncRound, name: &str) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(SyncStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
-            .name("bizra-log-sync".into())
+            .name(name.into())
             .spawn(move || run(rx, disk, &thread_stats))?;
         Ok(Syncer {
             tx: Some(tx),
@@ -313,14 +306,18 @@ impl Drop for Syncer {
         self.tx.take();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
-                tracing::error!("the log syncer thread panicked");
+                tracing::error!("a storage syncer thread panicked");
             }
         }
     }
 }
 
 /// The thread's loop: take all queued waiters, one sync, complete them.
-pub(crate) fn run(mut rx: mpsc::Receiver<SyncCallback>, mut disk: DiskSync, stats: &SyncStats) {
+pub(crate) fn run(
+    mut rx: mpsc::Receiver<SyncCallback>,
+    mut disk: impl SyncRound,
+    stats: &SyncStats,
+) {
     // After a failed sync nothing can be reported durable any more (the
     // kernel may have dropped the dirty pages); every later waiter fails.
     let mut poisoned: Option<String> = None;
@@ -334,18 +331,19 @@ pub(crate) fn run(mut rx: mpsc::Receiver<SyncCallback>, mut disk: DiskSync, stat
             None => {
                 // Read before the flush: every entry counted is covered.
                 let entries = disk.new_log_entries();
-                match disk.sync() {
+                let observer = observer();
+                match disk.sync(observer.as_deref()) {
                     Ok(()) => {
                         stats.rounds.fetch_add(1, Ordering::Relaxed);
-                        if let Some(o) = &disk.observer {
+                        if let Some(o) = &observer {
                             o.group_commit(batch.len(), entries);
                         }
                         Ok(())
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, path = %disk.sled_dir.display(), "flush + fdatasync of the sled files failed; no further write will be acknowledged");
-                        disk.faults
-                            .record("flush + fdatasync of", &disk.sled_dir, &e);
+                        let (what, path) = disk.what();
+                        tracing::error!(error = %e, path = %path.display(), "{what} failed; no further write will be acknowledged");
+                        disk.faults().record(what, path, &e);
                         let why = e.to_string();
                         poisoned = Some(why.clone());
                         Err(why)
@@ -426,23 +424,17 @@ mod tests {
     }
 
     /// The observer hears of each fdatasync and of each round with its
-    /// waiters and the Raft log entries it covered.
+    /// waiters (sled rounds cover no Raft log entries: those have their
+    /// own rounds, see `log_file`).
     #[test]
     fn rounds_and_fdatasyncs_are_observed() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let db = crate::store::sled_config(dir.path())
             .open()
             .expect("a fresh sled db opens");
-        let log = db.open_tree(RAFT_LOG_TREE).expect("tree opens");
-        // Two entries before the syncer starts: not counted.
-        for i in 1..=2u64 {
-            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
-        }
-        let disk = DiskSync::new(db, dir.path()).expect("db file exists after open");
-        // The last-purged marker (empty key) does not count as an entry.
-        log.insert(b"", vec![0u8; 4]).expect("insert");
+        let disk = DiskSync::new(db.clone(), dir.path()).expect("db file exists after open");
         for i in 3..=7u64 {
-            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
+            db.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
         }
         let (tx, rx) = mpsc::channel::<SyncCallback>(QUEUE_CAPACITY);
         for _ in 0..37 {
@@ -460,7 +452,7 @@ mod tests {
             seen.rounds
                 .lock()
                 .expect("no panics while held")
-                .contains(&(37, 5)),
+                .contains(&(37, 0)),
             "{:?}",
             seen.rounds.lock().expect("no panics while held")
         );
@@ -469,30 +461,6 @@ mod tests {
             .lock()
             .expect("no panics while held")
             .contains(&SyncedFile::Sled));
-    }
-
-    /// A truncated log tail is not counted as negative entries, and the
-    /// count resumes from the new last index.
-    #[test]
-    fn log_entries_follow_truncation() {
-        let dir = tempfile::tempdir().expect("a temp dir can be created");
-        let db = crate::store::sled_config(dir.path())
-            .open()
-            .expect("a fresh sled db opens");
-        let log = db.open_tree(RAFT_LOG_TREE).expect("tree opens");
-        let mut disk = DiskSync::new(db, dir.path()).expect("db file exists after open");
-        assert_eq!(disk.new_log_entries(), 0);
-        for i in 1..=10u64 {
-            log.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
-        }
-        assert_eq!(disk.new_log_entries(), 10);
-        for i in 6..=10u64 {
-            log.remove(i.to_be_bytes()).expect("remove");
-        }
-        assert_eq!(disk.new_log_entries(), 0);
-        log.insert(6u64.to_be_bytes(), vec![1u8; 10])
-            .expect("insert");
-        assert_eq!(disk.new_log_entries(), 1);
     }
 
     /// With the store's sled configuration a ~300 KB value (a
@@ -507,7 +475,7 @@ mod tests {
         for i in 0..40u32 {
             db.insert(i.to_be_bytes(), vec![7u8; 300_000])
                 .expect("insert into a fresh db");
-            disk.sync().expect("sync succeeds on a healthy disk");
+            disk.sync(None).expect("sync succeeds on a healthy disk");
         }
         assert!(disk.blobs_synced.is_empty(), "{:?}", disk.blobs_synced);
     }
@@ -524,7 +492,7 @@ mod tests {
         // Over a quarter of the 16 MiB segment.
         db.insert(b"big", vec![7u8; 5 << 20])
             .expect("insert into a fresh db");
-        disk.sync().expect("sync succeeds on a healthy disk");
+        disk.sync(None).expect("sync succeeds on a healthy disk");
         assert_eq!(disk.blobs_synced.len(), 1);
         assert!(disk.blobs_synced.values().all(|len| *len > 5 << 20));
 
@@ -537,7 +505,7 @@ mod tests {
         let mut disk = DiskSync::new(db.clone(), dir.path()).expect("db file exists after open");
         db.insert(b"block", vec![7u8; 300_000])
             .expect("insert into a fresh db");
-        disk.sync().expect("sync succeeds on a healthy disk");
+        disk.sync(None).expect("sync succeeds on a healthy disk");
         assert_eq!(disk.blobs_synced.len(), 1);
     }
 }

@@ -90,3 +90,49 @@ async fn chain_id_is_stamped_and_checked() {
         other => panic!("expected ChainMismatch, got {other:?}"),
     }
 }
+
+/// A data directory of version 0.1 kept the entries in sled's `raft_log`
+/// tree (index as 8 big-endian bytes → codec bytes; last purged id under
+/// the empty key). Opening it moves them to the segment files once, with
+/// the purge point, and the tree is gone afterwards.
+#[tokio::test]
+async fn entries_of_the_old_sled_layout_are_moved_at_open() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .segment_size(16 << 20)
+            .open()
+            .expect("a fresh sled db opens");
+        let tree = db.open_tree("raft_log").expect("tree");
+        for i in 4..=9 {
+            let bytes = bizra_crypto::codec::encode(&entry(2, i)).expect("encode");
+            tree.insert(i.to_be_bytes(), bytes).expect("insert");
+        }
+        let purged = bizra_crypto::codec::encode(&Some(log_id(1, 3))).expect("encode");
+        tree.insert(b"", purged).expect("insert");
+        db.flush().expect("flush");
+    }
+    // The second open finds the moved log, plus what was appended to it.
+    for last in [9, 10] {
+        let mut log = Log::new(Store::open(dir.path()).expect("opens"));
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(2, last)));
+        let got = log.try_get_log_entries(..).await.expect("read");
+        let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (4..=last).collect::<Vec<_>>());
+        if last == 9 {
+            log.blocking_append([entry(2, 10)]).await.expect("append");
+        }
+    }
+    let db = sled::Config::new()
+        .path(dir.path().join("sled"))
+        .segment_size(16 << 20)
+        .open()
+        .expect("reopens");
+    assert!(
+        !db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"),
+        "the old tree is dropped"
+    );
+}
