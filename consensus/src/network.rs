@@ -41,6 +41,18 @@ pub enum RaftRpcRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
+impl RaftRpcRequest {
+    /// The RPC's name, for metric labels and logs: `append_entries`,
+    /// `vote` or `install_snapshot`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftRpcRequest::AppendEntries(_) => "append_entries",
+            RaftRpcRequest::Vote(_) => "vote",
+            RaftRpcRequest::InstallSnapshot(_) => "install_snapshot",
+        }
+    }
+}
+
 /// The answer to a [`RaftRpcRequest`], of the same kind, carrying the
 /// receiving Raft's result (its errors included).
 #[derive(Debug, Serialize, Deserialize)]

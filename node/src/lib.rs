@@ -182,6 +182,7 @@ pub async fn run_in(
     let transport = net::P2pTransport {
         p2p: p2p.clone(),
         members: members.clone(),
+        metrics: metrics.clone(),
     };
     let raft = bizra_consensus::Raft::new(
         node_id,

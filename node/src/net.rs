@@ -57,6 +57,8 @@ pub(crate) enum NetResponse {
 pub(crate) struct P2pTransport {
     pub(crate) p2p: P2pHandle,
     pub(crate) members: Arc<crate::membership::Members>,
+    /// Where answered RPCs' round trips are recorded.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Transport for P2pTransport {
@@ -69,6 +71,8 @@ impl Transport for P2pTransport {
             .members
             .key_of(target)
             .ok_or_else(|| TransportError::new(format!("node {target} is not a member")))?;
+        let started = std::time::Instant::now();
+        let rpc = req.kind();
         let bytes = codec::encode(&NetRequest::Raft(req))
             .map_err(|e| TransportError::new(format!("encode: {e}")))?;
         let answer = self
@@ -77,7 +81,11 @@ impl Transport for P2pTransport {
             .await
             .map_err(|e| TransportError::new(e.to_string()))?;
         match codec::decode::<NetResponse>(&answer) {
-            Ok(NetResponse::Raft(resp)) => Ok(*resp),
+            Ok(NetResponse::Raft(resp)) => {
+                self.metrics
+                    .observe_raft_rpc(rpc, target, started.elapsed());
+                Ok(*resp)
+            }
             Ok(NetResponse::Refused(why)) => Err(TransportError::new(format!("refused: {why}"))),
             Ok(NetResponse::Ok) => Err(TransportError::new("unexpected answer".to_string())),
             Err(e) => Err(TransportError::new(format!("decode: {e}"))),
@@ -158,7 +166,11 @@ async fn handle(node: &Node, from: [u8; 32], payload: &[u8]) -> NetResponse {
     };
     match request {
         NetRequest::Raft(rpc) => {
-            NetResponse::Raft(Box::new(bizra_consensus::serve_rpc(&node.raft, rpc).await))
+            let started = std::time::Instant::now();
+            let kind = rpc.kind();
+            let answer = bizra_consensus::serve_rpc(&node.raft, rpc).await;
+            node.metrics.observe_raft_served(kind, started.elapsed());
+            NetResponse::Raft(Box::new(answer))
         }
         // Only the current leader may steer elections.
         NetRequest::HoldElections { .. } | NetRequest::StandForElection { .. }

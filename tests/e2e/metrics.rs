@@ -493,6 +493,17 @@ fn metrics_pass_promtool_check() {
                 i + 1
             );
         }
+        // The leader times the AppendEntries it sends (heartbeats at
+        // least), a follower the ones it serves.
+        let appends = |name: &str| {
+            m.all(name)
+                .any(|s| s.labels.get("rpc") == Some("append_entries"))
+        };
+        assert!(
+            appends("bizra_raft_rpc_duration_seconds") || appends("bizra_raft_rpc_served_seconds"),
+            "node-{}: no append_entries round trip or handling time",
+            i + 1
+        );
         assert!(
             m.value("bizra_storage_disk_free_bytes") > 0.0,
             "node-{}",
