@@ -1025,3 +1025,34 @@ mod tests {
         assert_eq!(round.new_log_entries(), 1);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    /// Not a check, a measurement for docs/DURABILITY.md section 10: the
+    /// time `LogFile::open` takes to read back a full default-sized log
+    /// (11 000 entries of 60 KB, about a saturated block each).
+    /// `cargo test --release -p bizra-storage --lib measure_open -- --ignored --nocapture`
+    #[test]
+    #[ignore = "measurement; prints timings, writes 660 MB"]
+    fn measure_open_of_a_full_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let payload = vec![7u8; 60_000];
+        {
+            let log = LogFile::open(dir.path(), None, FaultLatch::default()).expect("open");
+            for chunk in (0..11_000u64).collect::<Vec<_>>().chunks(100) {
+                let entries: Vec<(u64, Vec<u8>)> =
+                    chunk.iter().map(|i| (*i, payload.clone())).collect();
+                log.write_durably(&entries).expect("write");
+            }
+        }
+        for round in 0..2 {
+            let started = std::time::Instant::now();
+            let log = LogFile::open(dir.path(), None, FaultLatch::default()).expect("reopen");
+            let took = started.elapsed();
+            assert_eq!(log.last_index(), Some(10_999));
+            eprintln!("open #{round} of 11000 x 60 KB entries (660 MB, page cache warm): {took:?}");
+        }
+    }
+}
