@@ -66,7 +66,7 @@ pub fn parse_json_number_text(text: &str) -> Result<u16, String> {
 /// `9755` → `97.55`, `10000` → `100`. The number's text (via serde_json)
 /// reads back to the same hundredths with [`parse_json_number_text`].
 pub fn to_json(centi: u16) -> serde_json::Number {
-    if centi % 100 == 0 {
+    if centi.is_multiple_of(100) {
         return serde_json::Number::from(centi / 100);
     }
     // A quotient of two exactly representable integers is correctly rounded,

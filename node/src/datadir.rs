@@ -18,8 +18,13 @@ use crate::error::NodeError;
 pub const FORMAT_FILE: &str = "FORMAT";
 /// File locked (exclusive `flock`) by the process using the directory.
 pub const LOCK_FILE: &str = "LOCK";
-/// The data directory format this binary reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The data directory format this binary writes. Version 2: the Raft log
+/// in its own segment files (`db/raft_log/`); version 1 kept it in sled.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this binary reads: a version-1 directory is marked 2
+/// at open and its Raft log moved out of sled when the store opens (an
+/// older binary then refuses it instead of seeing an empty log).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The text before the version number in `FORMAT`.
 const FORMAT_PREFIX: &str = "bizra-node data format ";
 
@@ -76,8 +81,9 @@ impl DataDir {
 }
 
 /// Checks `DIR/FORMAT`, writing the current version if it is absent (a new
-/// directory, or one from before the file existed, whose layout is
-/// version 1). Refuses an unknown or newer version.
+/// directory; one from before the file existed has no store yet, or a
+/// version-1 store that the store's open migrates) and upgrading an older
+/// version this binary reads. Refuses an unknown or newer version.
 pub fn ensure_format(dir: &Path) -> Result<(), NodeError> {
     let err = |reason: String| NodeError::DataDir {
         dir: dir.to_path_buf(),
@@ -92,8 +98,13 @@ pub fn ensure_format(dir: &Path) -> Result<(), NodeError> {
                 .and_then(|v| v.trim().parse::<u32>().ok());
             match found {
                 Some(FORMAT_VERSION) => Ok(()),
+                Some(v) if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&v) => {
+                    tracing::info!(path = %path.display(), from = v, to = FORMAT_VERSION,
+                        "upgrading the data directory format (the Raft log moves out of sled when the store opens)");
+                    write_format(dir)
+                }
                 Some(v) => Err(err(format!(
-                    "{} says data format version {v}, but this bizra-node supports only version {FORMAT_VERSION}; {}",
+                    "{} says data format version {v}, but this bizra-node supports versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}; {}",
                     path.display(),
                     if v > FORMAT_VERSION {
                         "it was written by a newer bizra-node: run that version (or a newer one), or restore a backup made for this version"
@@ -102,7 +113,7 @@ pub fn ensure_format(dir: &Path) -> Result<(), NodeError> {
                     }
                 ))),
                 None => Err(err(format!(
-                    "{} is not a format file this bizra-node understands (expected `{FORMAT_PREFIX}{FORMAT_VERSION}`, found `{}`); this binary supports data format version {FORMAT_VERSION}. If this is not a bizra-node data directory, point data_dir elsewhere",
+                    "{} is not a format file this bizra-node understands (expected `{FORMAT_PREFIX}{FORMAT_VERSION}`, found `{}`); this binary supports data format versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}. If this is not a bizra-node data directory, point data_dir elsewhere",
                     path.display(),
                     text.trim().chars().take(80).collect::<String>()
                 ))),
@@ -142,8 +153,17 @@ mod tests {
         let d = dir.path().join("data");
         drop(DataDir::open(&d).unwrap());
         let text = std::fs::read_to_string(d.join(FORMAT_FILE)).unwrap();
-        assert_eq!(text, "bizra-node data format 1\n");
+        assert_eq!(text, "bizra-node data format 2\n");
         drop(DataDir::open(&d).unwrap());
+    }
+
+    #[test]
+    fn version_1_is_upgraded_to_2() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FORMAT_FILE), "bizra-node data format 1\n").unwrap();
+        drop(DataDir::open(dir.path()).unwrap());
+        let text = std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
+        assert_eq!(text, "bizra-node data format 2\n");
     }
 
     #[test]
@@ -152,12 +172,15 @@ mod tests {
         std::fs::write(dir.path().join(FORMAT_FILE), "bizra-node data format 99\n").unwrap();
         let e = DataDir::open(dir.path()).unwrap_err().to_string();
         assert!(
-            e.contains("version 99") && e.contains("supports only version 1"),
+            e.contains("version 99") && e.contains("supports versions 1 to 2"),
             "{e}"
         );
         std::fs::write(dir.path().join(FORMAT_FILE), "hello\n").unwrap();
         let e = DataDir::open(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("`hello`") && e.contains("version 1"), "{e}");
+        assert!(
+            e.contains("`hello`") && e.contains("versions 1 to 2"),
+            "{e}"
+        );
     }
 
     #[test]

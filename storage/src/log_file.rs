@@ -8,7 +8,7 @@
 //! opened while another process may use the directory (the store opens it
 //! only after sled's file lock is held).
 //!
-//! Why not a sled tree (the layout up to 0.1): an append to sled is made
+//! Why not a sled tree (data format 1): an append to sled is made
 //! durable by `flush()`, which waits in `sync_file_range` for every dirty
 //! page of the whole database (the state tables' writes too), and then our
 //! `fdatasync`; a round took about 1.25 ms on this project's machines

@@ -32,7 +32,7 @@ use crate::store::Store;
 type RaftResult<T, C> = Result<T, openraft::StorageError<<C as RaftTypeConfig>::NodeId>>;
 
 /// Keys in `raft_meta` (shared with `store`, which reads the index at open
-/// and moves the id there from the sled log of older versions).
+/// and moves the id there from the sled log of data format 1).
 pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
 pub(crate) const LAST_PURGED_INDEX_KEY: &[u8] = b"last_purged_index";
 const VOTE_KEY: &[u8] = b"vote";

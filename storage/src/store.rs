@@ -14,7 +14,7 @@
 //! ```
 //! Trees: `raft_meta` (vote, committed, last purged id, chain id), `state`
 //! (state-machine tables), `finality` (received finality votes,
-//! certificates, divergence evidence; see `finality`). Up to version 0.1
+//! certificates, divergence evidence; see `finality`). In data format 1
 //! the entries were in a `raft_log` tree; [`Store::open`] moves them to
 //! the segment files once (`migrate_sled_raft_log`).
 
@@ -294,8 +294,8 @@ impl Store {
 /// segment append.
 const MIGRATION_CHUNK_BYTES: usize = 64 << 20;
 
-/// Opens the Raft log's segment files, first moving the entries of an
-/// older version's `raft_log` tree into them.
+/// Opens the Raft log's segment files, first moving the entries of a
+/// data-format-1 `raft_log` tree into them.
 fn open_raft_log(
     dir: &Path,
     db: &sled::Db,
@@ -327,7 +327,7 @@ fn open_raft_log(
     migrate_sled_raft_log(dir, db, meta, disk, faults)
 }
 
-/// Moves the entries of the `raft_log` tree (up to version 0.1: each entry
+/// Moves the entries of the `raft_log` tree (data format 1: each entry
 /// under its index as 8 big-endian bytes, codec bytes as the value, the
 /// last purged id under the empty key) into fresh segment files.
 ///

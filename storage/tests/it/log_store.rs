@@ -91,7 +91,7 @@ async fn chain_id_is_stamped_and_checked() {
     }
 }
 
-/// A data directory of version 0.1 kept the entries in sled's `raft_log`
+/// A data directory of format 1 kept the entries in sled's `raft_log`
 /// tree (index as 8 big-endian bytes → codec bytes; last purged id under
 /// the empty key). Opening it moves them to the segment files once, with
 /// the purge point, and the tree is gone afterwards.
