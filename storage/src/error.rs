@@ -100,13 +100,25 @@ fn open_hint(e: &sled::Error) -> &'static str {
         sled::Error::Io(io) if crate::fault::is_disk_full(io) => {
             "the filesystem is full: free space (sled needs up to one 16 MiB segment more) and start again"
         }
-        sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
-            "is another bizra-node running on this data dir?"
-        }
+        e if is_lock_held(e) => "is another bizra-node running on this data dir?",
         sled::Error::Io(_) => {
             "is another bizra-node running on this data dir, or is the disk failing?"
         }
         _ => "the database files may be damaged",
+    }
+}
+
+/// True when sled could not take its file lock: another process (or a
+/// handle of this one that sled has not finished closing) holds the
+/// database. sled wraps the OS's WouldBlock in an error of kind Other, so
+/// its text is checked too.
+pub(crate) fn is_lock_held(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
     }
 }
 

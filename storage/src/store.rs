@@ -122,10 +122,8 @@ impl Store {
         std::fs::create_dir_all(&sled_dir)
             .map_err(|e| StorageError::io("create directory", &sled_dir, e))?;
         remove_interrupted_sled_snapshots(&sled_dir)?;
-        let db = sled_config(&sled_dir)
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|source| StorageError::Open {
+        let db =
+            open_sled(&sled_dir, options.cache_bytes).map_err(|source| StorageError::Open {
                 path: sled_dir.clone(),
                 source,
             })?;
@@ -290,6 +288,28 @@ impl Store {
     }
 }
 
+/// How long [`open_sled`] waits for sled's file lock to be released.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`LOCK_RELEASE_WAIT`] while its file lock is
+/// held. sled 0.34 releases the lock of a closed database from a background
+/// thread after the last handle is dropped, so a reopen in the same process
+/// right after a close found it still held in about 1 of 10 runs of the
+/// fault tests on a loaded machine ("could not acquire lock …
+/// WouldBlock"). Another process holding it is refused before this, by the
+/// data directory's own `LOCK`, so the wait only delays that refusal.
+fn open_sled(sled_dir: &Path, cache_bytes: u64) -> std::result::Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled_config(sled_dir).cache_capacity(cache_bytes).open() {
+            Err(e) if crate::error::is_lock_held(&e) && started.elapsed() < LOCK_RELEASE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How many bytes of old log entries [`migrate_sled_raft_log`] writes per
 /// segment append.
 const MIGRATION_CHUNK_BYTES: usize = 64 << 20;
@@ -324,30 +344,31 @@ fn open_raft_log(
         }
         return LogFile::open(dir, purged, faults.clone());
     }
-    migrate_sled_raft_log(dir, db, meta, disk, faults)
-}
-
-/// Moves the entries of the `raft_log` tree (data format 1: each entry
-/// under its index as 8 big-endian bytes, codec bytes as the value, the
-/// last purged id under the empty key) into fresh segment files.
-///
-/// Crash safety: the tree is dropped only after the segments are durable
-/// and `raft_meta` says so (synced); an interrupted move leaves the tree
-/// whole, and the next open deletes the partial segments and starts over.
-fn migrate_sled_raft_log(
-    dir: &Path,
-    db: &sled::Db,
-    meta: &sled::Tree,
-    disk: &mut DiskSync,
-    faults: &FaultLatch,
-) -> Result<LogFile> {
-    let old = db.open_tree(RAFT_LOG_TREE)?;
+    // A move that was interrupted left partial segments: start over.
     let seg_dir = dir.join(crate::log_file::DIR_NAME);
     if seg_dir.exists() {
         std::fs::remove_dir_all(&seg_dir).map_err(|e| StorageError::io("remove", &seg_dir, e))?;
         sync_dir(dir)?;
     }
     let log = LogFile::open(dir, None, faults.clone())?;
+    migrate_sled_raft_log(&log, db, meta, disk)?;
+    Ok(log)
+}
+
+/// Moves the entries of the `raft_log` tree (data format 1: each entry
+/// under its index as 8 big-endian bytes, codec bytes as the value, the
+/// last purged id under the empty key) into `log`, freshly created.
+///
+/// Crash safety: the tree is dropped only after the segments are durable
+/// and `raft_meta` says so (synced); an interrupted move leaves the tree
+/// whole, and the next open deletes the partial segments and starts over.
+fn migrate_sled_raft_log(
+    log: &LogFile,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    disk: &mut DiskSync,
+) -> Result<()> {
+    let old = db.open_tree(RAFT_LOG_TREE)?;
     let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut chunk_bytes = 0usize;
     let mut moved = 0u64;
@@ -381,12 +402,17 @@ fn migrate_sled_raft_log(
     }
     batch.insert(LOG_IN_FILES_KEY, &[1u8]);
     meta.apply_batch(batch)?;
-    disk.sync(None)
-        .map_err(|e| StorageError::io("flush + fdatasync of", dir.join("sled"), e))?;
+    disk.sync(None).map_err(|e| {
+        let (op, path) = disk.what();
+        StorageError::io(op, path, e)
+    })?;
     drop(old);
     db.drop_tree(RAFT_LOG_TREE)?;
-    tracing::info!(entries = moved, dir = %dir.display(), "moved the raft log from sled into its own segment files");
-    Ok(log)
+    tracing::info!(
+        entries = moved,
+        "moved the raft log from sled into its own segment files"
+    );
+    Ok(())
 }
 
 /// sled's segment (IO buffer) size: 16 MiB, sled's maximum.

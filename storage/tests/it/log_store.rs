@@ -70,8 +70,14 @@ async fn limited_reads_cap_bytes_but_return_at_least_one_entry() {
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let _first = Store::open(dir.path()).expect("a fresh store opens");
+    // Refused (after waiting out sled's lock-release window), with a hint
+    // that names the likely cause.
     match Store::open(dir.path()) {
-        Err(StorageError::Open { .. }) => {}
+        Err(e @ StorageError::Open { .. }) => assert!(
+            e.to_string()
+                .contains("is another bizra-node running on this data dir?"),
+            "{e}"
+        ),
         other => panic!("expected StorageError::Open, got {other:?}"),
     }
 }
