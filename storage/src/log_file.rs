@@ -613,8 +613,9 @@ fn hide_purged(dir: &Path, state: &mut State, index: u64) -> Result<()> {
     let next = state.next.map_or(index + 1, |n| n.max(index + 1));
     state.next = Some(next);
     state.purged = Some(state.purged.map_or(index, |p| p.max(index)));
-    // A segment is dead when the next one starts at or below index + 1,
-    // or, for the last one, when nothing after `index` is in it.
+    // Every segment before the one holding the first visible entry is
+    // dead; with no visible entry, all are, except an empty last one that
+    // the next append fills.
     let firsts: Vec<u64> = state.segments.keys().copied().collect();
     let live_from = state.positions.front().map(|p| p.segment);
     for first in firsts {
