@@ -143,8 +143,11 @@ pub(crate) trait SyncRound: Send + 'static {
     /// Makes the writes durable, reporting each fdatasync to `observer`.
     fn sync(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()>;
     /// Raft log entries appended since the last call (read before a
-    /// round's sync, so everything counted is covered by that round).
-    fn new_log_entries(&mut self) -> u64;
+    /// round's sync, so everything counted is covered by that round); none
+    /// for files that hold no Raft log.
+    fn new_log_entries(&mut self) -> u64 {
+        0
+    }
     /// What a failed round was syncing: for the log line and the latch.
     fn what(&self) -> (&'static str, &Path);
     /// Where a failed round is recorded for the node (disk full, issue 6).
@@ -248,11 +251,6 @@ impl SyncRound for DiskSync {
         fdatasync(&self.db_file, SyncedFile::Sled, observer)?;
         self.sync_blobs(observer)?;
         self.sync_dir_if_changed()
-    }
-
-    fn new_log_entries(&mut self) -> u64 {
-        // The Raft log has its own files and rounds (`log_file`).
-        0
     }
 
     fn what(&self) -> (&'static str, &Path) {
