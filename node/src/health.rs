@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use crate::metrics::{int, DiskReading};
+use crate::metrics::{int, DiskReading, RequestPathLabels};
 use crate::node::Node;
 
 /// Operator settings of these endpoints, from the config.
@@ -307,6 +307,12 @@ fn resident_memory_bytes() -> Option<u64> {
     Some(pages.saturating_mul(u64::try_from(page).ok()?))
 }
 
+/// Sets a counter to a total the p2p service keeps: counters only go up, so
+/// this adds what was counted since the last scrape.
+fn raise_to(counter: &prometheus_client::metrics::counter::Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 /// Sets every state gauge from the node, then encodes all metrics in
 /// OpenMetrics or, unless `openmetrics`, the Prometheus text format.
 async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
@@ -363,15 +369,18 @@ async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
     }
     match node.p2p.conduct().await {
         Ok(c) => {
-            // Counters only go up: add what the p2p service counted since.
-            let up = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
-                counter.inc_by(total.saturating_sub(counter.get()));
-            };
-            up(&m.gossip_rejected, c.rejected_gossip_total);
-            up(&m.peer_cutoffs, c.cut_offs_total);
+            raise_to(&m.gossip_rejected, c.rejected_gossip_total);
+            raise_to(&m.peer_cutoffs, c.cut_offs_total);
             m.peers_cut_off.set(int(c.cut_off.len() as u64));
         }
         Err(e) => tracing::warn!(error = %e, "metrics: the p2p service did not answer"),
+    }
+    let paths = node.p2p.request_counts();
+    for (path, total) in [("stream", paths.streams), ("fallback", paths.fallback)] {
+        raise_to(
+            &m.p2p_requests.get_or_create(&RequestPathLabels { path }),
+            total,
+        );
     }
     let db_dir = node.ops.db_dir.clone();
     if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&db_dir, 2)).await {

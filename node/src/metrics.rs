@@ -99,6 +99,13 @@ pub(crate) struct AuthLabels {
     pub(crate) reason: &'static str,
 }
 
+/// Labels of `bizra_p2p_requests_total`: how this node's requests to
+/// other validators travelled (`stream` or `fallback`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestPathLabels {
+    pub(crate) path: &'static str,
+}
+
 /// Labels of `bizra_admin_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AdminLabels {
@@ -225,6 +232,8 @@ pub(crate) struct Metrics {
     pub(crate) peer_cutoffs: Counter,
     /// Validators cut off now.
     pub(crate) peers_cut_off: Gauge,
+    /// Requests to validators by path, set at scrape.
+    pub(crate) p2p_requests: Family<RequestPathLabels, Counter>,
     storage: StorageMetrics,
     /// Free bytes on the data directory's filesystem (disk watch).
     pub(crate) disk_free: Gauge,
@@ -306,6 +315,7 @@ impl Metrics {
             admin_requests: Family::default(),
             gossip_rejected: Counter::default(),
             peer_cutoffs: Counter::default(),
+            p2p_requests: Family::default(),
             peers_cut_off: Gauge::default(),
             storage: StorageMetrics {
                 fsync_duration: Family::new_with_constructor(fsync_histogram),
@@ -462,6 +472,11 @@ impl Metrics {
             "bizra_p2p_peer_cutoffs",
             "Times a validator was cut off (disconnected and refused for p2p.misbehaviour_cooldown_s) for too much rejected gossip",
             m.peer_cutoffs.clone(),
+        );
+        r.register(
+            "bizra_p2p_requests",
+            "Requests (Raft RPCs, leadership transfer) this node sent to validators, by path: on a long-lived stream, or the fallback of one request-response stream each (a peer on an older release, or a stream that failed)",
+            m.p2p_requests.clone(),
         );
         r.register(
             "bizra_p2p_peers_cut_off",

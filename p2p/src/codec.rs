@@ -1,5 +1,6 @@
-//! The `/bizra/rpc/1` wire format: one length-prefixed frame per request and
-//! per response on its own stream.
+//! The wire format of `/bizra/rpc/1` (one request and its response per
+//! stream) and of `/bizra/rpc-stream/1` (the same frames, request, response,
+//! request, … on one long-lived stream; see `streams.rs`).
 //!
 //! Owns framing and size limits only; payloads are opaque bytes chosen by the
 //! node crate. Everything read here comes from a peer, so nothing in this
@@ -17,11 +18,14 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
 
-use crate::error::Refusal;
+use crate::error::{P2pError, Refusal};
 
 /// The request-response protocol name, versioned so a future format can be
 /// negotiated side by side.
 pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/bizra/rpc/1");
+
+/// The same frames, one exchange after another on a stream kept open.
+pub(crate) const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/bizra/rpc-stream/1");
 
 /// Largest `max_message_bytes` accepted: a response frame (payload plus the
 /// status byte) must still fit the u32 length prefix.
@@ -38,6 +42,19 @@ pub(crate) enum WireResponse {
     Ok(Vec<u8>),
     /// The peer refused to handle the request.
     Refused(Refusal),
+}
+
+impl WireResponse {
+    /// The requester's view: the answer, or the peer's refusal.
+    pub(crate) fn into_result(self, peer: &libp2p::PeerId) -> Result<Vec<u8>, P2pError> {
+        match self {
+            WireResponse::Ok(bytes) => Ok(bytes),
+            WireResponse::Refused(reason) => Err(P2pError::Refused {
+                peer_id: peer.to_string(),
+                reason,
+            }),
+        }
+    }
 }
 
 /// Length-prefixed frames with a per-node size limit enforced on read and
@@ -114,6 +131,41 @@ where
     io.flush().await
 }
 
+/// Reads one response frame: a status byte on top of the payload limit.
+pub(crate) async fn read_response<T>(
+    io: &mut T,
+    max_message_bytes: usize,
+) -> io::Result<WireResponse>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut frame = read_frame(io, max_message_bytes.saturating_add(1)).await?;
+    match frame.first().copied() {
+        None => Err(invalid_data("empty response frame".to_string())),
+        Some(0) => {
+            frame.remove(0);
+            Ok(WireResponse::Ok(frame))
+        }
+        Some(code) => Ok(WireResponse::Refused(Refusal::from_code(code))),
+    }
+}
+
+/// Writes one response frame (status byte, then the body).
+pub(crate) async fn write_response<T>(
+    io: &mut T,
+    res: WireResponse,
+    max_message_bytes: usize,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let max = max_message_bytes.saturating_add(1);
+    match res {
+        WireResponse::Ok(body) => write_frame(io, &[0], &body, max).await,
+        WireResponse::Refused(why) => write_frame(io, &[why.code()], &[], max).await,
+    }
+}
+
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
@@ -130,16 +182,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        // One status byte on top of the payload limit.
-        let mut frame = read_frame(io, self.max_message_bytes.saturating_add(1)).await?;
-        match frame.first().copied() {
-            None => Err(invalid_data("empty response frame".to_string())),
-            Some(0) => {
-                frame.remove(0);
-                Ok(WireResponse::Ok(frame))
-            }
-            Some(code) => Ok(WireResponse::Refused(Refusal::from_code(code))),
-        }
+        read_response(io, self.max_message_bytes).await
     }
 
     async fn write_request<T>(
@@ -163,11 +206,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let max = self.max_message_bytes.saturating_add(1);
-        match res {
-            WireResponse::Ok(body) => write_frame(io, &[0], &body, max).await,
-            WireResponse::Refused(why) => write_frame(io, &[why.code()], &[], max).await,
-        }
+        write_response(io, res, self.max_message_bytes).await
     }
 }
 

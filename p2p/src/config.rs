@@ -96,6 +96,11 @@ pub struct Limits {
     /// reconnect (it is dialed again if it is a bootstrap peer) with a
     /// fresh count.
     pub misbehaviour_cooldown: Duration,
+    /// Serve and send requests on long-lived streams
+    /// (`/bizra/rpc-stream/1`), falling back to `/bizra/rpc/1` per peer.
+    /// Off, the service behaves like a release without them: it neither
+    /// offers nor uses the protocol.
+    pub request_streams: bool,
 }
 
 impl Default for Limits {
@@ -109,6 +114,7 @@ impl Default for Limits {
             max_rejected_gossip: 20,
             rejected_gossip_window: Duration::from_secs(60),
             misbehaviour_cooldown: Duration::from_secs(300),
+            request_streams: true,
         }
     }
 }

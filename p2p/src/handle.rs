@@ -20,6 +20,7 @@ use crate::error::{P2pError, Refusal};
 use crate::gossip::{Topic, Verdict};
 use crate::identity::peer_id_from_key;
 use crate::service::{Command, ResponseCmd};
+use crate::streams::{RequestCounts, StreamPool};
 
 /// How long local queries (`connected_peers`, `publish`) may wait for the
 /// swarm task.
@@ -144,16 +145,27 @@ impl std::fmt::Debug for P2pEvent {
     }
 }
 
-/// The way back for one inbound request. libp2p requires the answer to be
-/// given to the swarm task, so this carries it there over a channel.
+/// The way back for one inbound request: to the swarm task for a
+/// request-response stream (libp2p requires the answer to be given there),
+/// or straight to the task serving a long-lived request stream.
 ///
 /// Dropping it without answering closes the stream; the requester then
 /// gets [`P2pError::Io`].
 pub struct Responder {
-    pub(crate) channel: ResponseChannel<WireResponse>,
-    pub(crate) responses: mpsc::Sender<ResponseCmd>,
+    pub(crate) way: ReplyWay,
     pub(crate) max_message_bytes: usize,
     pub(crate) peer: PeerId,
+}
+
+/// Where a [`Responder`]'s answer goes.
+pub(crate) enum ReplyWay {
+    /// `/bizra/rpc/1`: through the swarm task.
+    Swarm {
+        channel: ResponseChannel<WireResponse>,
+        responses: mpsc::Sender<ResponseCmd>,
+    },
+    /// `/bizra/rpc-stream/1`: to the task that reads and writes that stream.
+    Stream(oneshot::Sender<WireResponse>),
 }
 
 impl std::fmt::Debug for Responder {
@@ -188,11 +200,16 @@ impl Responder {
 
     fn deliver(self, response: WireResponse) {
         let peer = self.peer;
-        let cmd = ResponseCmd {
-            channel: self.channel,
-            response,
+        let (channel, responses) = match self.way {
+            ReplyWay::Stream(answer) => {
+                // Err: the stream's task gave up (stream closed or timed
+                // out); the requester already saw an error.
+                let _ = answer.send(response);
+                return;
+            }
+            ReplyWay::Swarm { channel, responses } => (channel, responses),
         };
-        match self.responses.try_send(cmd) {
+        match responses.try_send(ResponseCmd { channel, response }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(peer = %peer, "p2p response queue full; answer dropped");
@@ -223,6 +240,8 @@ struct Inner {
     max_message_bytes: usize,
     max_gossip_bytes: usize,
     request_timeout: Duration,
+    /// `None` when `Limits::request_streams` is off.
+    streams: Option<Arc<StreamPool>>,
 }
 
 impl std::fmt::Debug for P2pHandle {
@@ -244,6 +263,7 @@ pub(crate) struct HandleParts {
     pub(crate) max_message_bytes: usize,
     pub(crate) max_gossip_bytes: usize,
     pub(crate) request_timeout: Duration,
+    pub(crate) streams: Option<Arc<StreamPool>>,
 }
 
 impl P2pHandle {
@@ -259,6 +279,7 @@ impl P2pHandle {
                 max_message_bytes: p.max_message_bytes,
                 max_gossip_bytes: p.max_gossip_bytes,
                 request_timeout: p.request_timeout,
+                streams: p.streams,
             }),
         }
     }
@@ -266,6 +287,11 @@ impl P2pHandle {
     /// Sends `payload` to the validator with public key `peer` and waits for
     /// its answer, at most `request_timeout` in total (including any wait for
     /// room in the command queue).
+    ///
+    /// It goes on a long-lived stream to that peer when it can, else over
+    /// `/bizra/rpc/1` (see [`RequestCounts`]). If a link breaks while a
+    /// request is in flight, the request may be sent again on a new stream
+    /// and so reach the peer twice: make requests idempotent.
     ///
     /// Fails fast with [`P2pError::TooLarge`], [`P2pError::NotAllowed`] or
     /// [`P2pError::NotConnected`] without touching the network; it does not
@@ -281,6 +307,12 @@ impl P2pHandle {
         let after = self.inner.request_timeout;
         let (reply, answer) = oneshot::channel();
         let exchange = async {
+            if let Some(streams) = &self.inner.streams {
+                let peer_id = peer_id_from_key(&peer);
+                if let Some(answer) = streams.request(peer_id, &payload).await {
+                    return answer.into_result(&peer_id);
+                }
+            }
             self.inner
                 .commands
                 .send(Command::Request {
@@ -300,6 +332,17 @@ impl P2pHandle {
                 after,
             }),
         }
+    }
+
+    /// Where this node's requests went since start: on long-lived streams,
+    /// or over `/bizra/rpc/1`. Mostly fallbacks means a peer runs an older
+    /// release or its streams keep failing.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.inner
+            .streams
+            .as_ref()
+            .map(|s| s.counts())
+            .unwrap_or_default()
     }
 
     /// Adds a validator key to the allow-list at runtime (a member added to

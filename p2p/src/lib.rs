@@ -40,11 +40,13 @@ mod gossip;
 mod handle;
 mod identity;
 mod service;
+mod streams;
 
 pub use config::{Limits, P2pConfig};
 pub use error::{P2pError, Refusal};
 pub use gossip::{Topic, Verdict};
 pub use handle::{ConductReport, CutOffPeer, P2pEvent, P2pHandle, PeerInfo, Responder};
+pub use streams::RequestCounts;
 
 use tokio::sync::mpsc;
 

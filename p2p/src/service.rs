@@ -2,7 +2,8 @@
 //!
 //! Owns the transport (TCP with nodelay, noise, yamux), the behaviours
 //! (allow-list, connection limits, `/bizra/rpc/1` request-response,
-//! identify, gossipsub, ping), the bootstrap re-dial schedule, the routing
+//! identify, gossipsub, ping, and libp2p-stream, which only opens the
+//! streams of `/bizra/rpc-stream/1`), the bootstrap re-dial schedule, the routing
 //! of requests, responses and gossip verdicts, publications held back until
 //! new peers have subscribed, round-trip times, and cutting off validators
 //! whose gossip the node keeps rejecting (bookkeeping in `conduct.rs`).
@@ -15,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,14 +32,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::codec::{FrameCodec, WireResponse, PROTOCOL};
+use crate::codec::{FrameCodec, WireResponse, PROTOCOL, STREAM_PROTOCOL};
 use crate::conduct::Conduct;
 use crate::config::{check_port_free, Checked};
 use crate::error::{P2pError, Refusal};
 use crate::gossip::{self, Topic, Verdict, VerdictCmd, DEDUPE_WINDOW};
 use crate::handle::{
-    ConductReport, CutOffPeer, HandleParts, P2pEvent, P2pHandle, PeerInfo, Responder,
+    ConductReport, CutOffPeer, HandleParts, P2pEvent, P2pHandle, PeerInfo, ReplyWay, Responder,
 };
+use crate::streams::{self, Serving, StreamPool};
 
 /// First re-dial delay after a failed dial of a bootstrap peer.
 const REDIAL_BASE: Duration = Duration::from_millis(100);
@@ -123,6 +126,9 @@ struct NodeBehaviour {
     gossipsub: gossipsub::Behaviour,
     /// Round-trip times, and dead-link detection.
     ping: ping::Behaviour,
+    /// Long-lived request streams (`streams.rs`), read and written outside
+    /// this task.
+    streams: libp2p_stream::Behaviour,
 }
 
 /// The connections to one allowed peer.
@@ -151,7 +157,7 @@ struct Deferred {
 /// Rate limit for one kind of warning: the first is logged, then at most one
 /// per [`WARN_EVERY`], saying how many were not.
 #[derive(Default)]
-struct Throttle {
+pub(crate) struct Throttle {
     last: Option<Instant>,
     suppressed: u64,
 }
@@ -159,7 +165,7 @@ struct Throttle {
 impl Throttle {
     /// Counts one occurrence; `Some(suppressed since the last log)` when
     /// this one should be logged.
-    fn hit(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
         if self
             .last
             .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
@@ -187,6 +193,8 @@ struct Bootstrap {
 /// The state owned by the swarm task.
 struct SwarmTask {
     swarm: Swarm<NodeBehaviour>,
+    /// Told which peers are linked, so requests never dial through it.
+    streams: Option<Arc<StreamPool>>,
     /// PeerId → validator key, for every allowed peer.
     allowed: HashMap<PeerId, [u8; 32]>,
     bootstrap: HashMap<PeerId, Bootstrap>,
@@ -251,6 +259,26 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
     let (alive_tx, stopped_rx) = watch::channel(());
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
 
+    let streams = if limits.request_streams {
+        let mut control = swarm.behaviour().streams.new_control();
+        let incoming = control
+            .accept(STREAM_PROTOCOL)
+            .map_err(|e| P2pError::Setup(format!("{STREAM_PROTOCOL}: {e}")))?;
+        let serving = Serving {
+            events: event_tx.clone(),
+            max_message_bytes: cfg.max_message_bytes,
+            request_timeout: cfg.request_timeout,
+            overload_warn: std::sync::Mutex::new(Throttle::default()),
+        };
+        let span = tracing::info_span!("p2p-streams", peer_id = %cfg.local_peer_id);
+        tokio::spawn(
+            streams::serve_incoming(incoming, serving, shutdown_rx.clone()).instrument(span),
+        );
+        Some(Arc::new(StreamPool::new(control, cfg.max_message_bytes)))
+    } else {
+        None
+    };
+
     let now = Instant::now();
     let bootstrap = cfg
         .bootstrap
@@ -267,6 +295,7 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         .collect();
     let mut task = SwarmTask {
         swarm,
+        streams: streams.clone(),
         allowed: cfg.allowed,
         bootstrap,
         connections: HashMap::new(),
@@ -323,6 +352,7 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         max_message_bytes: cfg.max_message_bytes,
         max_gossip_bytes: cfg.max_gossip_bytes,
         request_timeout: cfg.request_timeout,
+        streams,
     });
     Ok((handle, event_rx))
 }
@@ -386,6 +416,7 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
                 identify,
                 gossipsub,
                 ping,
+                streams: libp2p_stream::Behaviour::new(),
             }
         })
         .map_err(|e: Infallible| P2pError::Setup(e.to_string()))?
@@ -872,6 +903,9 @@ impl SwarmTask {
                 addr: addr.clone(),
                 rtt: None,
             });
+        if let Some(streams) = &self.streams {
+            streams.set_linked(peer, true);
+        }
         if let Some(b) = self.bootstrap.get_mut(&peer) {
             b.connected_since.get_or_insert_with(Instant::now);
         }
@@ -898,6 +932,9 @@ impl SwarmTask {
         // cut-off validator), and the node never heard of it.
         let had_link = self.connections.remove(&peer).is_some();
         self.subscriptions.remove(&peer);
+        if let Some(streams) = &self.streams {
+            streams.set_linked(peer, false);
+        }
         // Publications may have been waiting for this peer's subscription.
         self.flush_deferred(Instant::now());
         let Some(key) = self.allowed.get(&peer).copied() else {
@@ -950,14 +987,7 @@ impl SwarmTask {
                 let Some(reply) = self.pending.remove(&request_id) else {
                     return;
                 };
-                let result = match response {
-                    WireResponse::Ok(bytes) => Ok(bytes),
-                    WireResponse::Refused(reason) => Err(P2pError::Refused {
-                        peer_id: peer.to_string(),
-                        reason,
-                    }),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(response.into_result(&peer));
             }
             request_response::Event::OutboundFailure {
                 peer,
@@ -1004,8 +1034,10 @@ impl SwarmTask {
             return;
         };
         let reply = Responder {
-            channel,
-            responses: self.responses.clone(),
+            way: ReplyWay::Swarm {
+                channel,
+                responses: self.responses.clone(),
+            },
             max_message_bytes: self.max_message_bytes,
             peer,
         };
@@ -1022,12 +1054,20 @@ impl SwarmTask {
         if refusal == Refusal::Overloaded {
             self.warn_overloaded(peer);
         }
-        if let P2pEvent::Request { reply, .. } = event {
+        if let P2pEvent::Request {
+            reply:
+                Responder {
+                    way: ReplyWay::Swarm { channel, .. },
+                    ..
+                },
+            ..
+        } = event
+        {
             let _ = self
                 .swarm
                 .behaviour_mut()
                 .rpc
-                .send_response(reply.channel, WireResponse::Refused(refusal));
+                .send_response(channel, WireResponse::Refused(refusal));
         }
     }
 

@@ -522,6 +522,15 @@ fn metrics_pass_promtool_check() {
         })
         .expect("own votes are synced and observed");
     }
+    // The leader's Raft RPCs travel on long-lived streams; falling back to
+    // one request-response stream each is for older peers and failures.
+    let m = Metrics::scrape(&cluster, leader);
+    let streamed = m.sum_where("bizra_p2p_requests_total", "path", "stream");
+    let fallback = m.sum_where("bizra_p2p_requests_total", "path", "fallback");
+    assert!(
+        streamed >= 1.0 && streamed > fallback,
+        "leader: {streamed} requests on streams, {fallback} fallbacks"
+    );
     // /ready carries a warnings list (empty on a healthy disk).
     let (status, body) = ready(&cluster, leader).expect("GET /ready");
     assert_eq!(status, 200, "{body}");

@@ -8,3 +8,4 @@ mod exchange;
 mod gossip;
 mod limits;
 mod restart;
+mod streams;

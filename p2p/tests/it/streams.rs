@@ -1,0 +1,196 @@
+//! Requests on long-lived streams (`/bizra/rpc-stream/1`), and the fallback
+//! to `/bizra/rpc/1` for a peer that does not serve them (an older release).
+
+use std::time::Duration;
+
+use bizra_p2p::{spawn, spawn_with_limits, Limits, RequestCounts};
+
+use crate::common::{
+    config, dial_addr, echo, eventually, is_connected, key, requests_from, serve, wait_linked,
+    TIMEOUT,
+};
+
+#[tokio::test]
+async fn sequential_requests_reuse_streams_both_ways() {
+    let (a, a_events) = spawn(config(1, &[1, 2], vec![])).await.unwrap();
+    let (b, b_events) = spawn(config(2, &[1, 2], vec![dial_addr(&a)]))
+        .await
+        .unwrap();
+    let a_seen = serve(a_events, echo);
+    let b_seen = serve(b_events, echo);
+    wait_linked(&a, &b).await;
+
+    for i in 0..20u32 {
+        let msg = i.to_be_bytes().to_vec();
+        assert_eq!(a.request(key(2), msg.clone()).await.unwrap(), echo(&msg));
+        assert_eq!(b.request(key(1), msg.clone()).await.unwrap(), echo(&msg));
+    }
+    // Every request went on a stream; none fell back, none was delivered
+    // twice.
+    let all_streamed = RequestCounts {
+        streams: 20,
+        fallback: 0,
+    };
+    assert_eq!(a.request_counts(), all_streamed);
+    assert_eq!(b.request_counts(), all_streamed);
+    assert_eq!(requests_from(&b_seen, key(1)), 20);
+    assert_eq!(requests_from(&a_seen, key(2)), 20);
+
+    // Answers larger than a frame's first read, on a stream that then
+    // carries more exchanges: the frames stay aligned.
+    let big = vec![7u8; 60 * 1024];
+    assert_eq!(a.request(key(2), big.clone()).await.unwrap(), echo(&big));
+    assert_eq!(
+        a.request(key(2), b"after".to_vec()).await.unwrap(),
+        b"echo:after"
+    );
+    assert_eq!(a.request_counts().streams, 22);
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_without_streams_is_asked_over_rpc1() {
+    let old_release = Limits {
+        request_streams: false,
+        ..Limits::default()
+    };
+    let (old, old_events) = spawn_with_limits(config(2, &[1, 2], vec![]), old_release)
+        .await
+        .unwrap();
+    let (new, new_events) = spawn(config(1, &[1, 2], vec![dial_addr(&old)]))
+        .await
+        .unwrap();
+    let old_seen = serve(old_events, echo);
+    let new_seen = serve(new_events, echo);
+    wait_linked(&new, &old).await;
+
+    for i in 0..5u32 {
+        let msg = i.to_be_bytes().to_vec();
+        assert_eq!(new.request(key(2), msg.clone()).await.unwrap(), echo(&msg));
+        assert_eq!(old.request(key(1), msg.clone()).await.unwrap(), echo(&msg));
+    }
+    // The first request tried a stream, which the old node refused before
+    // reading the request; then the new node stopped trying for a while.
+    assert_eq!(
+        new.request_counts(),
+        RequestCounts {
+            streams: 0,
+            fallback: 5
+        }
+    );
+    assert_eq!(old.request_counts(), RequestCounts::default());
+    assert_eq!(requests_from(&old_seen, key(1)), 5);
+    assert_eq!(requests_from(&new_seen, key(2)), 5);
+
+    new.shutdown().await;
+    old.shutdown().await;
+}
+
+/// A validator's raw `/bizra/rpc-stream/1` client: its own swarm with only
+/// libp2p-stream, driven by a background task.
+async fn raw_client(
+    seed: u8,
+    target: &bizra_p2p::P2pHandle,
+) -> (libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(crate::common::seed(seed)).unwrap();
+    let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = client.behaviour().new_control();
+    client
+        .dial(dial_addr(target).parse::<libp2p::Multiaddr>().unwrap())
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    (control, driver)
+}
+
+/// One exchange on a raw stream: a request frame, then the answer frame
+/// (status byte first).
+async fn raw_exchange(stream: &mut libp2p::Stream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    stream.write_all(payload).await?;
+    stream.flush().await?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut frame = vec![0; u32::from_be_bytes(len).min(1 << 20) as usize];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+/// [`raw_exchange`] within [`TIMEOUT`]: y answers or closes the stream,
+/// it never leaves it hanging.
+async fn ask(stream: &mut libp2p::Stream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    tokio::time::timeout(TIMEOUT, raw_exchange(stream, payload))
+        .await
+        .expect("y answers or closes the stream")
+}
+
+#[tokio::test]
+async fn inbound_streams_are_bounded_per_peer_and_bad_frames_close_only_their_stream() {
+    const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bizra/rpc-stream/1");
+    // y allows 1 KiB requests; the raw client holds validator key 3.
+    let (y, y_events) = spawn(bizra_p2p::P2pConfig {
+        max_message_bytes: 1024,
+        ..config(2, &[2, 3], vec![])
+    })
+    .await
+    .unwrap();
+    let y_seen = serve(y_events, echo);
+    let (mut control, driver) = raw_client(3, &y).await;
+    let y_peer: libp2p::PeerId = y.peer_id().parse().unwrap();
+    eventually("the raw client to connect", TIMEOUT, || async {
+        is_connected(&y, key(3)).await
+    })
+    .await;
+
+    // Eight streams are served, each for several exchanges.
+    let mut held = Vec::new();
+    for i in 0..8u8 {
+        let mut s = control.open_stream(y_peer, PROTOCOL).await.unwrap();
+        for j in 0..2u8 {
+            let answer = ask(&mut s, &[i, j]).await.unwrap();
+            assert_eq!(answer, [&[0u8][..], &echo(&[i, j])].concat());
+        }
+        held.push(s);
+    }
+    // A ninth is closed without being read.
+    let mut ninth = control.open_stream(y_peer, PROTOCOL).await.unwrap();
+    assert!(ask(&mut ninth, b"ninth").await.is_err());
+    assert_eq!(requests_from(&y_seen, key(3)), 16);
+
+    // A frame above y's limit closes that stream, from its length alone;
+    // y's other streams go on.
+    let mut liar = held.pop().unwrap();
+    assert!(ask(&mut liar, &[0u8; 2048]).await.is_err());
+    drop(liar);
+    let answer = ask(&mut held[0], b"still").await.unwrap();
+    assert_eq!(answer, [&[0u8][..], b"echo:still"].concat());
+
+    // The closed stream's place is free again.
+    let mut again = control.open_stream(y_peer, PROTOCOL).await.unwrap();
+    let answer = ask(&mut again, b"again").await.unwrap();
+    assert_eq!(answer, [&[0u8][..], b"echo:again"].concat());
+    assert_eq!(requests_from(&y_seen, key(3)), 18);
+
+    driver.abort();
+    y.shutdown().await;
+}
