@@ -71,6 +71,11 @@ pub struct P2pSection {
     pub rejected_gossip_window_s: u64,
     /// How long a cut-off validator is disconnected and refused.
     pub misbehaviour_cooldown_s: u64,
+    /// Send and serve requests on long-lived streams (`/bizra/rpc-stream/1`),
+    /// about 0.2 ms faster per Raft RPC here; off, every request opens a
+    /// request-response stream (`/bizra/rpc/1`), as older releases do. A
+    /// switch for when the streams misbehave, not a tuning knob.
+    pub request_streams: bool,
 }
 
 /// `[rpc]`: the client-facing JSON-RPC listener.
@@ -272,6 +277,7 @@ impl Default for P2pSection {
             max_rejected_gossip: 20,
             rejected_gossip_window_s: 60,
             misbehaviour_cooldown_s: 300,
+            request_streams: true,
         }
     }
 }
@@ -551,6 +557,10 @@ pub const KEYS: &[KeySpec] = &[
     int("p2p.max_rejected_gossip", 1, 100_000),
     int("p2p.rejected_gossip_window_s", 1, 3_600),
     int("p2p.misbehaviour_cooldown_s", 1, 3_600),
+    KeySpec {
+        key: "p2p.request_streams",
+        kind: Kind::Bool,
+    },
     KeySpec {
         key: "rpc.listen",
         kind: Kind::Str,

@@ -127,6 +127,7 @@ pub async fn run_in(
         max_rejected_gossip: config.p2p.max_rejected_gossip,
         rejected_gossip_window: Duration::from_secs(config.p2p.rejected_gossip_window_s),
         misbehaviour_cooldown: Duration::from_secs(config.p2p.misbehaviour_cooldown_s),
+        request_streams: config.p2p.request_streams,
         ..Default::default()
     };
     let (p2p, p2p_events) = bizra_p2p::spawn_with_limits(

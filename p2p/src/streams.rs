@@ -12,9 +12,14 @@
 //!
 //! Owns: the pool, the serving loop of inbound streams, and the fallback
 //! rule. The frames are `/bizra/rpc/1`'s (`codec.rs`). A caller falls back
-//! to `/bizra/rpc/1` when the peer is not linked, and for [`FALLBACK_FOR`]
-//! after a new stream to it failed: an older release without the protocol,
-//! a full stream limit, or a link going down. Must not: interpret payloads.
+//! to `/bizra/rpc/1` when the peer is not linked, and for a while after a
+//! new stream to it failed: an older release without the protocol, a full
+//! stream limit, a new stream dropped while the peer's acceptor was busy
+//! with another (libp2p-stream hands them over one at a time), or a link
+//! going down. The wait starts at [`FIRST_FALLBACK`] and grows to
+//! [`MAX_FALLBACK`] while new streams keep failing, so a start-up race
+//! costs a few requests and an older peer is probed rarely. Must not:
+//! interpret payloads.
 //!
 //! A request on an idle stream that turns out to be dead (the peer
 //! restarted, the link dropped) is sent again on the next stream, so a peer
@@ -44,9 +49,11 @@ use crate::service::Throttle;
 /// transfer request; requests beyond this go over `/bizra/rpc/1`.
 const MAX_STREAMS_PER_PEER: usize = 4;
 /// How long a peer is asked over `/bizra/rpc/1` after a new stream to it
-/// failed. Short, so a transient failure costs little; long enough that an
-/// older peer is not probed on every request.
-const FALLBACK_FOR: Duration = Duration::from_secs(10);
+/// failed; each further failure in a row waits 4 times longer, up to
+/// [`MAX_FALLBACK`]. A success starts over.
+const FIRST_FALLBACK: Duration = Duration::from_millis(100);
+/// The longest wait: how often a peer on an older release is probed.
+const MAX_FALLBACK: Duration = Duration::from_secs(10);
 
 /// Where requests went, since start: for the node's metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,6 +78,8 @@ struct PeerStreams {
     /// while it is busy.
     opening: bool,
     fallback_until: Option<Instant>,
+    /// The next wait after a failed new stream.
+    next_fallback: Duration,
 }
 
 /// The caller side: the streams to each linked peer.
@@ -111,6 +120,7 @@ impl StreamPool {
                 open: 0,
                 opening: false,
                 fallback_until: None,
+                next_fallback: FIRST_FALLBACK,
             });
         } else {
             peers.remove(&peer);
@@ -165,7 +175,7 @@ impl StreamPool {
                 }
                 Err(e) if lease.opener => {
                     tracing::debug!(%peer, error = %e,
-                        "new request stream failed; using /bizra/rpc/1 for {FALLBACK_FOR:?}");
+                        "new request stream failed; using /bizra/rpc/1 for a while");
                     lease.fall_back = true;
                     self.fallback.fetch_add(1, Ordering::Relaxed);
                     return None;
@@ -240,11 +250,17 @@ impl Drop for Lease<'_> {
             p.opening = false;
         }
         match self.stream.take() {
-            Some(stream) if self.succeeded => p.idle.push(stream),
+            Some(stream) if self.succeeded => {
+                p.idle.push(stream);
+                if self.opener {
+                    p.next_fallback = FIRST_FALLBACK;
+                }
+            }
             _ => p.open = p.open.saturating_sub(1),
         }
         if self.fall_back {
-            p.fallback_until = Some(Instant::now() + FALLBACK_FOR);
+            p.fallback_until = Some(Instant::now() + p.next_fallback);
+            p.next_fallback = (p.next_fallback * 4).min(MAX_FALLBACK);
         }
     }
 }

@@ -194,3 +194,51 @@ async fn inbound_streams_are_bounded_per_peer_and_bad_frames_close_only_their_st
     driver.abort();
     y.shutdown().await;
 }
+
+/// Measures, does not check: the mean request round trip between two
+/// services in one process, on streams and over `/bizra/rpc/1`, alternated
+/// in one run; prints the ratio (docs/PERFORMANCE.md). Run with
+/// `cargo test --release -p bizra-p2p --test it measure_request_round_trip -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_request_round_trip() {
+    async fn mean_round_trip(request_streams: bool) -> Duration {
+        let limits = Limits {
+            request_streams,
+            ..Limits::default()
+        };
+        let (a, a_events) = spawn_with_limits(config(1, &[1, 2], vec![]), limits)
+            .await
+            .unwrap();
+        let (b, b_events) = spawn_with_limits(config(2, &[1, 2], vec![dial_addr(&a)]), limits)
+            .await
+            .unwrap();
+        let _a_seen = serve(a_events, echo);
+        let _b_seen = serve(b_events, echo);
+        wait_linked(&a, &b).await;
+        let exchange = || a.request(key(2), vec![1; 100]);
+        for _ in 0..200 {
+            exchange().await.unwrap();
+        }
+        let count = 3000;
+        let started = tokio::time::Instant::now();
+        for _ in 0..count {
+            exchange().await.unwrap();
+        }
+        let took = started.elapsed() / count;
+        assert_eq!(a.request_counts().streams > 0, request_streams);
+        a.shutdown().await;
+        b.shutdown().await;
+        took
+    }
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let streams = mean_round_trip(true).await;
+        let rpc1 = mean_round_trip(false).await;
+        let ratio = streams.as_secs_f64() / rpc1.as_secs_f64();
+        eprintln!("round {round}: streams {streams:?}, /bizra/rpc/1 {rpc1:?}, ratio {ratio:.2}");
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!("median ratio streams / rpc1: {:.2}", ratios[1]);
+}
