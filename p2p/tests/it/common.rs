@@ -212,6 +212,48 @@ pub(crate) async fn wait_linked(a: &P2pHandle, b: &P2pHandle) {
     .await;
 }
 
+/// What a node's request and gossip handler saw, shared with the test.
+pub(crate) type SeenLog = Arc<Mutex<Vec<Seen>>>;
+
+/// Node 1 (`a`) and node 2 (`b`, which dials `a`), each answering with
+/// [`echo`], linked; with what each one's handler saw.
+pub(crate) async fn echo_pair(
+    a_limits: bizra_p2p::Limits,
+    b_limits: bizra_p2p::Limits,
+) -> (P2pHandle, SeenLog, P2pHandle, SeenLog) {
+    let (a, a_events) = bizra_p2p::spawn_with_limits(config(1, &[1, 2], vec![]), a_limits)
+        .await
+        .unwrap();
+    let (b, b_events) =
+        bizra_p2p::spawn_with_limits(config(2, &[1, 2], vec![dial_addr(&a)]), b_limits)
+            .await
+            .unwrap();
+    let (a_seen, b_seen) = (serve(a_events, echo), serve(b_events, echo));
+    wait_linked(&a, &b).await;
+    (a, a_seen, b, b_seen)
+}
+
+/// A bare swarm holding validator key `seed(n)`, on TCP, noise and yamux
+/// like the service: for tests that speak a protocol by hand.
+pub(crate) fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    n: u8,
+    behaviour: B,
+) -> libp2p::Swarm<B> {
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed(n)).unwrap();
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(move |_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 /// A log sink for `tracing` that the test can read back.
 #[derive(Clone, Default)]
 pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -292,27 +292,14 @@ async fn request_announcing_a_huge_frame_is_refused_from_its_length() {
     .await
     .unwrap();
     let y_seen = serve(y_events, same);
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(crate::common::seed(3)).unwrap();
-    let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<LyingCodec>::new(
-                [(
-                    libp2p::StreamProtocol::new("/bizra/rpc/1"),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let lying = request_response::Behaviour::<LyingCodec>::new(
+        [(
+            libp2p::StreamProtocol::new("/bizra/rpc/1"),
+            ProtocolSupport::Outbound,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let mut client = crate::common::raw_swarm(3, lying);
     let y_addr: libp2p::Multiaddr = dial_addr(&y).parse().unwrap();
     let y_peer: libp2p::PeerId = y.peer_id().parse().unwrap();
     client.dial(y_addr).unwrap();

@@ -3,22 +3,16 @@
 
 use std::time::Duration;
 
-use bizra_p2p::{spawn, spawn_with_limits, Limits, RequestCounts};
+use bizra_p2p::{spawn, Limits, RequestCounts};
 
 use crate::common::{
-    config, dial_addr, echo, eventually, is_connected, key, requests_from, serve, wait_linked,
+    config, dial_addr, echo, echo_pair, eventually, is_connected, key, requests_from, serve,
     TIMEOUT,
 };
 
 #[tokio::test]
 async fn sequential_requests_reuse_streams_both_ways() {
-    let (a, a_events) = spawn(config(1, &[1, 2], vec![])).await.unwrap();
-    let (b, b_events) = spawn(config(2, &[1, 2], vec![dial_addr(&a)]))
-        .await
-        .unwrap();
-    let a_seen = serve(a_events, echo);
-    let b_seen = serve(b_events, echo);
-    wait_linked(&a, &b).await;
+    let (a, a_seen, b, b_seen) = echo_pair(Limits::default(), Limits::default()).await;
 
     for i in 0..20u32 {
         let msg = i.to_be_bytes().to_vec();
@@ -56,15 +50,7 @@ async fn peer_without_streams_is_asked_over_rpc1() {
         request_streams: false,
         ..Limits::default()
     };
-    let (old, old_events) = spawn_with_limits(config(2, &[1, 2], vec![]), old_release)
-        .await
-        .unwrap();
-    let (new, new_events) = spawn(config(1, &[1, 2], vec![dial_addr(&old)]))
-        .await
-        .unwrap();
-    let old_seen = serve(old_events, echo);
-    let new_seen = serve(new_events, echo);
-    wait_linked(&new, &old).await;
+    let (new, new_seen, old, old_seen) = echo_pair(Limits::default(), old_release).await;
 
     for i in 0..5u32 {
         let msg = i.to_be_bytes().to_vec();
@@ -95,19 +81,7 @@ async fn raw_client(
     target: &bizra_p2p::P2pHandle,
 ) -> (libp2p_stream::Control, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(crate::common::seed(seed)).unwrap();
-    let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut client = crate::common::raw_swarm(seed, libp2p_stream::Behaviour::new());
     let control = client.behaviour().new_control();
     client
         .dial(dial_addr(target).parse::<libp2p::Multiaddr>().unwrap())
@@ -207,15 +181,7 @@ async fn measure_request_round_trip() {
             request_streams,
             ..Limits::default()
         };
-        let (a, a_events) = spawn_with_limits(config(1, &[1, 2], vec![]), limits)
-            .await
-            .unwrap();
-        let (b, b_events) = spawn_with_limits(config(2, &[1, 2], vec![dial_addr(&a)]), limits)
-            .await
-            .unwrap();
-        let _a_seen = serve(a_events, echo);
-        let _b_seen = serve(b_events, echo);
-        wait_linked(&a, &b).await;
+        let (a, _a_seen, b, _b_seen) = echo_pair(limits, limits).await;
         let exchange = || a.request(key(2), vec![1; 100]);
         for _ in 0..200 {
             exchange().await.unwrap();
