@@ -72,7 +72,8 @@ pub struct P2pSection {
     /// How long a cut-off validator is disconnected and refused.
     pub misbehaviour_cooldown_s: u64,
     /// Send and serve requests on long-lived streams (`/bizra/rpc-stream/1`),
-    /// about 0.2 ms faster per Raft RPC here; off, every request opens a
+    /// about 0.4 ms faster per Raft RPC on a 2-core test machine
+    /// (docs/PERFORMANCE.md); off, every request opens a
     /// request-response stream (`/bizra/rpc/1`), as older releases do. A
     /// switch for when the streams misbehave, not a tuning knob.
     pub request_streams: bool,
