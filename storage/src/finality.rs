@@ -359,13 +359,7 @@ impl FinalityTables {
             finalized += 1;
         }
         if finalized > stored {
-            // Only ever up, even if two certificates are stored at once.
-            self.tree.fetch_and_update(key::FINALIZED, |old| {
-                let old = old
-                    .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                    .map_or(0, u64::from_be_bytes);
-                Some(old.max(finalized).to_be_bytes().to_vec())
-            })?;
+            self.tree.insert(key::FINALIZED, &finalized.to_be_bytes())?;
         }
         for kv in self.tree.scan_prefix(key::height(key::VOTE, height)) {
             let (vk, _) = kv?;
