@@ -28,7 +28,10 @@ mod types;
 
 pub use bizra_storage::{IndexEntry, StoredAttestation, StoredBlock, VoterSetChange};
 pub use error::{ConsensusError, TransportError};
-pub use network::{serve_rpc, Network, PeerClient, RaftRpcRequest, RaftRpcResponse, Transport};
+pub use network::{
+    serve_rpc, Network, PeerClient, RaftRpcRequest, RaftRpcResponse, Transport,
+    MAX_ONE_WAY_IN_FLIGHT,
+};
 pub use reader::ChainReader;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{

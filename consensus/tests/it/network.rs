@@ -2,11 +2,18 @@
 
 use std::time::Duration;
 
-use bizra_consensus::{Network, RaftRpcRequest, RaftRpcResponse, Transport, TransportError};
+use bizra_consensus::{
+    Network, PeerClient, RaftRpcRequest, RaftRpcResponse, Transport, TransportError, TypeConfig,
+    MAX_ONE_WAY_IN_FLIGHT,
+};
+use futures::FutureExt;
 use openraft::error::RPCError;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, Vote};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::common::{blank, log_id};
 
 #[derive(Clone)]
 enum Fake {
@@ -87,5 +94,213 @@ async fn answers_round_trip_through_the_codec() {
             .await
             .expect("granted")
             .vote_granted
+    );
+}
+
+/// A transport whose every call waits until the test answers it, so a test
+/// sees exactly which messages went out and which callers waited.
+#[derive(Clone)]
+struct Gated {
+    calls: mpsc::UnboundedSender<(RaftRpcRequest, oneshot::Sender<RaftRpcResponse>)>,
+}
+
+type Calls = mpsc::UnboundedReceiver<(RaftRpcRequest, oneshot::Sender<RaftRpcResponse>)>;
+
+impl Transport for Gated {
+    async fn call(
+        &self,
+        _target: u64,
+        req: RaftRpcRequest,
+    ) -> Result<RaftRpcResponse, TransportError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send((req, tx))
+            .map_err(|_| TransportError::new("test ended"))?;
+        rx.await.map_err(|_| TransportError::new("not answered"))
+    }
+}
+
+async fn gated_client() -> (PeerClient<Gated>, Calls) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut net = Network::new(Gated { calls: tx });
+    (net.new_client(2, &BasicNode::new("peer-2")).await, rx)
+}
+
+/// The vote of the leader that sends everything in these tests.
+fn leader() -> Vote<u64> {
+    Vote::new_committed(1, 1)
+}
+
+fn option() -> RPCOption {
+    RPCOption::new(Duration::from_secs(30))
+}
+
+/// Commit index `commit` at log position `at`, no entries: what openraft
+/// sends right after a commit, and as a periodic heartbeat.
+fn commit_only(at: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote: leader(),
+        prev_log_id: Some(log_id(1, at)),
+        entries: vec![],
+        leader_commit: (commit > 0).then(|| log_id(1, commit)),
+    }
+}
+
+fn success() -> RaftRpcResponse {
+    RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::Success))
+}
+
+/// Sends entries 1..=n and answers success: the follower confirmed them.
+async fn confirm_entries(client: &mut PeerClient<Gated>, calls: &mut Calls, n: u64) {
+    let rpc = AppendEntriesRequest {
+        vote: leader(),
+        prev_log_id: None,
+        entries: (1..=n).map(|i| blank(1, i)).collect(),
+        leader_commit: None,
+    };
+    let answered = async {
+        let (req, reply) = calls.recv().await.expect("the entries are sent");
+        assert!(matches!(req, RaftRpcRequest::AppendEntries(r) if r.entries.len() as u64 == n));
+        reply.send(success()).expect("caller waits");
+    };
+    let (result, ()) = tokio::join!(client.append_entries(rpc, option()), answered);
+    assert!(
+        matches!(result, Ok(AppendEntriesResponse::Success)),
+        "{result:?}"
+    );
+}
+
+/// Sends `rpc`, checks that the caller waits for the follower's answer, then
+/// answers `answer` and returns what the caller got.
+async fn round_trip(
+    client: &mut PeerClient<Gated>,
+    calls: &mut Calls,
+    rpc: AppendEntriesRequest<TypeConfig>,
+    answer: RaftRpcResponse,
+) -> AppendEntriesResponse<u64> {
+    let mut call = std::pin::pin!(client.append_entries(rpc, option()));
+    assert!(
+        (&mut call).now_or_never().is_none(),
+        "the caller waits for the answer"
+    );
+    let (_, reply) = calls.recv().await.expect("the message is sent");
+    reply.send(answer).expect("caller waits");
+    call.await.expect("an AppendEntries answer")
+}
+
+/// Lets the background deliveries see their answers (the test runtime has
+/// one thread, and a yield runs every task that is ready).
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn commit_notification_after_confirmed_entries_does_not_wait_for_its_answer() {
+    let (mut client, mut calls) = gated_client().await;
+    confirm_entries(&mut client, &mut calls, 3).await;
+
+    // The new commit index at the confirmed position: answered at once...
+    let now = client
+        .append_entries(commit_only(3, 3), option())
+        .now_or_never();
+    assert!(
+        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
+        "{now:?}"
+    );
+    // ...and still delivered, unchanged.
+    let (req, reply) = calls.recv().await.expect("delivered in the background");
+    match req {
+        RaftRpcRequest::AppendEntries(r) => {
+            assert_eq!(r.leader_commit, Some(log_id(1, 3)));
+            assert_eq!(r.prev_log_id, Some(log_id(1, 3)));
+        }
+        other => panic!("{other:?}"),
+    }
+    reply.send(success()).expect("the background task waits");
+    settle().await;
+
+    // A heartbeat repeats that commit index: it waits for its answer, so a
+    // newer term still reaches the leader.
+    let higher =
+        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
+    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher).await;
+    assert!(
+        matches!(got, AppendEntriesResponse::HigherVote(_)),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_confirmed_positions_of_the_same_leader_are_one_way() {
+    let (mut client, mut calls) = gated_client().await;
+    // Nothing confirmed yet (a new replication session, or a leadership check).
+    round_trip(&mut client, &mut calls, commit_only(3, 3), success()).await;
+
+    let (mut client, mut calls) = gated_client().await;
+    confirm_entries(&mut client, &mut calls, 3).await;
+    // A position the follower did not confirm.
+    round_trip(&mut client, &mut calls, commit_only(2, 3), success()).await;
+    // Another leader's message.
+    let mut other_leader = commit_only(3, 3);
+    other_leader.vote = Vote::new_committed(2, 3);
+    round_trip(&mut client, &mut calls, other_leader, success()).await;
+}
+
+#[tokio::test]
+async fn a_refused_notification_makes_the_next_one_wait() {
+    let (mut client, mut calls) = gated_client().await;
+    confirm_entries(&mut client, &mut calls, 3).await;
+    let now = client
+        .append_entries(commit_only(3, 2), option())
+        .now_or_never();
+    assert!(
+        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
+        "{now:?}"
+    );
+    let (_, reply) = calls.recv().await.expect("delivered in the background");
+    let higher =
+        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
+    reply.send(higher).expect("the background task waits");
+    settle().await;
+
+    let higher =
+        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
+    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher).await;
+    assert!(
+        matches!(got, AppendEntriesResponse::HigherVote(_)),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn unanswered_notifications_are_bounded() {
+    let (mut client, mut calls) = gated_client().await;
+    let n = MAX_ONE_WAY_IN_FLIGHT as u64 + 1;
+    confirm_entries(&mut client, &mut calls, n).await;
+    let mut unanswered = Vec::new();
+    for commit in 1..n {
+        let now = client
+            .append_entries(commit_only(n, commit), option())
+            .now_or_never();
+        assert!(
+            matches!(now, Some(Ok(AppendEntriesResponse::Success))),
+            "{now:?}"
+        );
+        unanswered.push(calls.recv().await.expect("delivered in the background"));
+    }
+    // The next one waits for its own answer.
+    round_trip(&mut client, &mut calls, commit_only(n, n), success()).await;
+    // Once one is answered there is room again.
+    let (_, reply) = unanswered.pop().expect("one in flight");
+    reply.send(success()).expect("the background task waits");
+    settle().await;
+    let mut next = commit_only(n + 1, n + 1);
+    next.prev_log_id = Some(log_id(1, n));
+    let now = client.append_entries(next, option()).now_or_never();
+    assert!(
+        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
+        "{now:?}"
     );
 }
