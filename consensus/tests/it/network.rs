@@ -150,6 +150,27 @@ fn success() -> RaftRpcResponse {
     RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::Success))
 }
 
+/// The follower has voted for a newer leader.
+fn higher_vote() -> RaftRpcResponse {
+    RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))))
+}
+
+/// Sends `rpc` and checks that the caller got success without waiting.
+fn answered_at_once(client: &mut PeerClient<Gated>, rpc: AppendEntriesRequest<TypeConfig>) {
+    let now = client.append_entries(rpc, option()).now_or_never();
+    assert!(
+        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
+        "{now:?}"
+    );
+}
+
+fn assert_higher_vote(got: &AppendEntriesResponse<u64>) {
+    assert!(
+        matches!(got, AppendEntriesResponse::HigherVote(_)),
+        "{got:?}"
+    );
+}
+
 /// Sends entries 1..=n and answers success: the follower confirmed them.
 async fn confirm_entries(client: &mut PeerClient<Gated>, calls: &mut Calls, n: u64) {
     let rpc = AppendEntriesRequest {
@@ -202,13 +223,7 @@ async fn commit_notification_after_confirmed_entries_does_not_wait_for_its_answe
     confirm_entries(&mut client, &mut calls, 3).await;
 
     // The new commit index at the confirmed position: answered at once...
-    let now = client
-        .append_entries(commit_only(3, 3), option())
-        .now_or_never();
-    assert!(
-        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
-        "{now:?}"
-    );
+    answered_at_once(&mut client, commit_only(3, 3));
     // ...and still delivered, unchanged.
     let (req, reply) = calls.recv().await.expect("delivered in the background");
     match req {
@@ -223,13 +238,8 @@ async fn commit_notification_after_confirmed_entries_does_not_wait_for_its_answe
 
     // A heartbeat repeats that commit index: it waits for its answer, so a
     // newer term still reaches the leader.
-    let higher =
-        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
-    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher).await;
-    assert!(
-        matches!(got, AppendEntriesResponse::HigherVote(_)),
-        "{got:?}"
-    );
+    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher_vote()).await;
+    assert_higher_vote(&got);
 }
 
 #[tokio::test]
@@ -252,26 +262,15 @@ async fn only_confirmed_positions_of_the_same_leader_are_one_way() {
 async fn a_refused_notification_makes_the_next_one_wait() {
     let (mut client, mut calls) = gated_client().await;
     confirm_entries(&mut client, &mut calls, 3).await;
-    let now = client
-        .append_entries(commit_only(3, 2), option())
-        .now_or_never();
-    assert!(
-        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
-        "{now:?}"
-    );
+    answered_at_once(&mut client, commit_only(3, 2));
     let (_, reply) = calls.recv().await.expect("delivered in the background");
-    let higher =
-        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
-    reply.send(higher).expect("the background task waits");
+    reply
+        .send(higher_vote())
+        .expect("the background task waits");
     settle().await;
 
-    let higher =
-        RaftRpcResponse::AppendEntries(Ok(AppendEntriesResponse::HigherVote(Vote::new(2, 2))));
-    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher).await;
-    assert!(
-        matches!(got, AppendEntriesResponse::HigherVote(_)),
-        "{got:?}"
-    );
+    let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher_vote()).await;
+    assert_higher_vote(&got);
 }
 
 #[tokio::test]
@@ -281,13 +280,7 @@ async fn unanswered_notifications_are_bounded() {
     confirm_entries(&mut client, &mut calls, n).await;
     let mut unanswered = Vec::new();
     for commit in 1..n {
-        let now = client
-            .append_entries(commit_only(n, commit), option())
-            .now_or_never();
-        assert!(
-            matches!(now, Some(Ok(AppendEntriesResponse::Success))),
-            "{now:?}"
-        );
+        answered_at_once(&mut client, commit_only(n, commit));
         unanswered.push(calls.recv().await.expect("delivered in the background"));
     }
     // The next one waits for its own answer.
@@ -296,11 +289,5 @@ async fn unanswered_notifications_are_bounded() {
     let (_, reply) = unanswered.pop().expect("one in flight");
     reply.send(success()).expect("the background task waits");
     settle().await;
-    let mut next = commit_only(n + 1, n + 1);
-    next.prev_log_id = Some(log_id(1, n));
-    let now = client.append_entries(next, option()).now_or_never();
-    assert!(
-        matches!(now, Some(Ok(AppendEntriesResponse::Success))),
-        "{now:?}"
-    );
+    answered_at_once(&mut client, commit_only(n, n + 1));
 }
