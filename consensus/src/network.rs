@@ -143,7 +143,7 @@ struct Follower {
     one_way_in_flight: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Confirmed {
     /// The leader's vote the follower accepted.
     vote: Vote<u64>,

@@ -101,10 +101,12 @@ async fn answers_round_trip_through_the_codec() {
 /// sees exactly which messages went out and which callers waited.
 #[derive(Clone)]
 struct Gated {
-    calls: mpsc::UnboundedSender<(RaftRpcRequest, oneshot::Sender<RaftRpcResponse>)>,
+    calls: mpsc::UnboundedSender<Call>,
 }
 
-type Calls = mpsc::UnboundedReceiver<(RaftRpcRequest, oneshot::Sender<RaftRpcResponse>)>;
+/// A message on its way, and where its answer goes.
+type Call = (RaftRpcRequest, oneshot::Sender<RaftRpcResponse>);
+type Calls = mpsc::UnboundedReceiver<Call>;
 
 impl Transport for Gated {
     async fn call(
@@ -217,6 +219,15 @@ async fn settle() {
     }
 }
 
+/// Takes the message a background delivery sent, answers it with `answer`,
+/// and lets the delivery see that answer; returns the message.
+async fn answer_delivery(calls: &mut Calls, answer: RaftRpcResponse) -> RaftRpcRequest {
+    let (req, reply) = calls.recv().await.expect("delivered in the background");
+    reply.send(answer).expect("the background task waits");
+    settle().await;
+    req
+}
+
 #[tokio::test]
 async fn commit_notification_after_confirmed_entries_does_not_wait_for_its_answer() {
     let (mut client, mut calls) = gated_client().await;
@@ -225,16 +236,13 @@ async fn commit_notification_after_confirmed_entries_does_not_wait_for_its_answe
     // The new commit index at the confirmed position: answered at once...
     answered_at_once(&mut client, commit_only(3, 3));
     // ...and still delivered, unchanged.
-    let (req, reply) = calls.recv().await.expect("delivered in the background");
-    match req {
+    match answer_delivery(&mut calls, success()).await {
         RaftRpcRequest::AppendEntries(r) => {
             assert_eq!(r.leader_commit, Some(log_id(1, 3)));
             assert_eq!(r.prev_log_id, Some(log_id(1, 3)));
         }
         other => panic!("{other:?}"),
     }
-    reply.send(success()).expect("the background task waits");
-    settle().await;
 
     // A heartbeat repeats that commit index: it waits for its answer, so a
     // newer term still reaches the leader.
@@ -263,11 +271,7 @@ async fn a_refused_notification_makes_the_next_one_wait() {
     let (mut client, mut calls) = gated_client().await;
     confirm_entries(&mut client, &mut calls, 3).await;
     answered_at_once(&mut client, commit_only(3, 2));
-    let (_, reply) = calls.recv().await.expect("delivered in the background");
-    reply
-        .send(higher_vote())
-        .expect("the background task waits");
-    settle().await;
+    answer_delivery(&mut calls, higher_vote()).await;
 
     let got = round_trip(&mut client, &mut calls, commit_only(3, 3), higher_vote()).await;
     assert_higher_vote(&got);
