@@ -194,9 +194,9 @@ pub struct StorageSection {
     /// Below this many free bytes on the data directory's filesystem the
     /// node logs a warning (every minute) and `GET /ready` says so.
     pub min_free_bytes: u64,
-    /// Bound on the storage engine's (sled's) page cache, in on-disk page
-    /// bytes. sled's resident memory also grows with the database beyond
-    /// it (docs/PERFORMANCE.md, "Memory").
+    /// Bound on each storage engine's cache (the state tables' block cache,
+    /// sled's page cache), so that memory does not follow the chain's size
+    /// (docs/PERFORMANCE.md, "Memory").
     pub cache_bytes: u64,
 }
 

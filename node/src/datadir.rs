@@ -18,12 +18,14 @@ use crate::error::NodeError;
 pub const FORMAT_FILE: &str = "FORMAT";
 /// File locked (exclusive `flock`) by the process using the directory.
 pub const LOCK_FILE: &str = "LOCK";
-/// The data directory format this binary writes. Version 2: the Raft log
-/// in its own segment files (`db/raft_log/`); version 1 kept it in sled.
-pub const FORMAT_VERSION: u32 = 2;
-/// The oldest format this binary reads: a version-1 directory is marked 2
-/// at open and its Raft log moved out of sled when the store opens (an
-/// older binary then refuses it instead of seeing an empty log).
+/// The data directory format this binary writes. Version 3: the state
+/// tables in their own keyspace (`db/state/`); version 2 kept them in
+/// sled, with the Raft log in its own segment files (`db/raft_log/`);
+/// version 1 kept both in sled.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format this binary reads: an older directory is marked 3 at
+/// open and what it kept in sled moved out when the store opens (an older
+/// binary then refuses it instead of seeing empty tables).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The text before the version number in `FORMAT`.
 const FORMAT_PREFIX: &str = "bizra-node data format ";
@@ -100,7 +102,7 @@ pub fn ensure_format(dir: &Path) -> Result<(), NodeError> {
                 Some(FORMAT_VERSION) => Ok(()),
                 Some(v) if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&v) => {
                     tracing::info!(path = %path.display(), from = v, to = FORMAT_VERSION,
-                        "upgrading the data directory format (the Raft log moves out of sled when the store opens)");
+                        "upgrading the data directory format (the Raft log and the state tables move out of sled when the store opens)");
                     write_format(dir)
                 }
                 Some(v) => Err(err(format!(
@@ -153,17 +155,17 @@ mod tests {
         let d = dir.path().join("data");
         drop(DataDir::open(&d).unwrap());
         let text = std::fs::read_to_string(d.join(FORMAT_FILE)).unwrap();
-        assert_eq!(text, "bizra-node data format 2\n");
+        assert_eq!(text, "bizra-node data format 3\n");
         drop(DataDir::open(&d).unwrap());
     }
 
     #[test]
-    fn version_1_is_upgraded_to_2() {
+    fn version_1_is_upgraded_to_3() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FORMAT_FILE), "bizra-node data format 1\n").unwrap();
         drop(DataDir::open(dir.path()).unwrap());
         let text = std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
-        assert_eq!(text, "bizra-node data format 2\n");
+        assert_eq!(text, "bizra-node data format 3\n");
     }
 
     #[test]
@@ -172,13 +174,13 @@ mod tests {
         std::fs::write(dir.path().join(FORMAT_FILE), "bizra-node data format 99\n").unwrap();
         let e = DataDir::open(dir.path()).unwrap_err().to_string();
         assert!(
-            e.contains("version 99") && e.contains("supports versions 1 to 2"),
+            e.contains("version 99") && e.contains("supports versions 1 to 3"),
             "{e}"
         );
         std::fs::write(dir.path().join(FORMAT_FILE), "hello\n").unwrap();
         let e = DataDir::open(dir.path()).unwrap_err().to_string();
         assert!(
-            e.contains("`hello`") && e.contains("versions 1 to 2"),
+            e.contains("`hello`") && e.contains("versions 1 to 3"),
             "{e}"
         );
     }

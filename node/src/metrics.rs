@@ -334,6 +334,7 @@ impl Metrics {
         for file in [
             bizra_storage::SyncedFile::RaftLog,
             bizra_storage::SyncedFile::Sled,
+            bizra_storage::SyncedFile::State,
             bizra_storage::SyncedFile::OwnVotes,
         ] {
             let labels = FileLabels {

@@ -1,7 +1,7 @@
 //! The one error type of this crate.
 //!
 //! Owns: [`StorageError`], the ways a storage operation fails. Must not
-//! leak `sled` or `std::io` types through anything but `#[source]`, so the
+//! leak `sled`, `fjall` or `std::io` types through anything but `#[source]`, so the
 //! crates above can match on what happened without naming sled.
 
 use std::io;
@@ -25,6 +25,17 @@ pub enum StorageError {
     /// A sled read or write failed at run time.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The state tables' storage (fjall) failed to open, read or write.
+    #[error("state tables in {path}: {op} failed: {source}{}", state_hint(.source))]
+    State {
+        /// What was being done: `"open"`, `"read"`, `"write"`.
+        op: &'static str,
+        /// The tables' directory.
+        path: PathBuf,
+        /// What fjall said.
+        #[source]
+        source: fjall::Error,
+    },
     /// A file system call failed (fsync, rename, read of a snapshot file, …).
     #[error("{op} {path}: {source}")]
     Io {
@@ -82,12 +93,31 @@ impl StorageError {
         }
     }
 
+    /// Builds [`StorageError::State`].
+    pub(crate) fn state(op: &'static str, path: &std::path::Path, source: fjall::Error) -> Self {
+        StorageError::State {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// Builds [`StorageError::Codec`].
     pub(crate) fn codec(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         StorageError::Codec {
             what: what.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// What an operator can do about a failed state-table operation.
+fn state_hint(e: &fjall::Error) -> &'static str {
+    match e {
+        fjall::Error::Poisoned => {
+            "; an earlier write or fsync of the tables failed (a full or failing disk): free space or check the disk, then restart the node"
+        }
+        _ => "",
     }
 }
 

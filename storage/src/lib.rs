@@ -1,6 +1,7 @@
 //! Durable storage of a bizra node: the Raft log's own segment files
-//! (`log_file`), one sled database holding the Raft vote and the state
-//! machine's tables, plus the last snapshot.
+//! (`log_file`), the state machine's tables in a fjall keyspace (`state`),
+//! one sled database holding the Raft vote, the purge point and finality
+//! records, plus the last snapshot.
 //!
 //! Owns: bytes on disk and when they are durable. Must not: know about
 //! networking, Raft RPCs, or what makes a block valid (that is
@@ -57,10 +58,13 @@
 //! not sled's dirty pages, and does not queue on the syncer.
 //!
 //! The state tables are written without syncing, each applied entry as one
-//! atomic sled batch together with its log id: if a power loss rolls them
-//! back, Raft re-applies from the (durable) log. Before a snapshot lets the
-//! log be purged, the builder syncs (see `bizra-consensus`), and the purge
-//! itself syncs sled (the purge point) before it deletes a segment.
+//! atomic fjall batch together with its log id, handed to the OS before
+//! apply returns: if a power loss rolls them back, Raft re-applies from the
+//! (durable) log. Every sled sync round fsyncs their journal first, so
+//! before a snapshot lets the log be purged the builder's sync (see
+//! `bizra-consensus`) covers them, and the purge itself syncs sled (the
+//! purge point) before it deletes a segment (docs/DURABILITY.md section
+//! 11).
 
 mod error;
 mod fault;

@@ -1,13 +1,28 @@
-//! The state machine's tables, in one sled tree, with a typed API.
+//! The state machine's tables, in one fjall partition (an LSM tree), with
+//! a typed API.
 //!
-//! Owns: the key layout and record encoding of the `state` tree, the atomic
+//! Owns: the key layout and record encoding of the tables, the atomic
 //! write of one applied entry ([`StateTables::commit`]), snapshot export and
 //! atomic replacement ([`StateTables::install`]). Must not: decide what a
 //! block contains, check signatures, or read the clock; that is consensus's
-//! deterministic apply. Nothing here syncs: the state is rebuilt from the
+//! deterministic apply. Commits do not sync: the state is rebuilt from the
 //! Raft log if a power loss rolls it back (see the crate docs).
 //!
-//! Keys (one tree, so that one sled `Batch` covers a whole entry):
+//! Why an LSM and not sled: every attestation adds three keys in three
+//! unrelated orders (by id, by attester, by poi_hash). sled 0.34 walks and
+//! rewrites a B-tree leaf for each; its cost per attestation grew from 48
+//! to 175 µs of CPU over the first 1.2 M attestations, and its RSS to
+//! 566 MiB. fjall appends them to a journal and a memtable and sorts them
+//! in the background: 12-20 µs, 102 MiB (`measure` below;
+//! docs/PERFORMANCE.md, "State tables in an LSM").
+//!
+//! Durability: a commit reaches the OS (journal write, no fsync), so a
+//! killed process loses nothing; only the store's sync rounds fsync the
+//! journal ([`StateTables::persist`]), before the sled files they make
+//! durable. After a power loss the tables may be behind the Raft log, which
+//! re-applies the rest.
+//!
+//! Keys (one partition, so that one fjall batch covers a whole entry):
 //! ```text
 //! 'A' ‖ id (32)                                → StoredAttestation
 //! 'B' ‖ height (u64 BE)                        → StoredBlock
@@ -114,7 +129,7 @@ pub struct NewBlock {
     pub attestations: Vec<(Hash, Attestation)>,
 }
 
-/// Everything one applied Raft entry changes, written as ONE sled batch so
+/// Everything one applied Raft entry changes, written as ONE batch so
 /// that the block and the last applied log id are never seen apart.
 #[derive(Clone, Debug)]
 pub struct StateUpdate {
@@ -189,14 +204,19 @@ struct ExportHeader {
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Typed access to the state machine's tables. A cheap clone of a sled tree
-/// handle: readers (the node's RPC path) use it while the Raft core owns
+/// Typed access to the state machine's tables. A cheap clone of the fjall
+/// handles: readers (the node's RPC path) use it while the Raft core owns
 /// the state machine. Single reads are atomic with respect to
-/// [`StateTables::commit`] and [`StateTables::install`] (sled batches take
-/// its write lock); a sequence of reads may straddle a commit.
+/// [`StateTables::commit`] and [`StateTables::install`] (a fjall batch
+/// becomes visible all at once); a sequence of reads may straddle a commit.
 #[derive(Clone)]
 pub struct StateTables {
-    tree: sled::Tree,
+    keyspace: fjall::Keyspace,
+    tables: fjall::PartitionHandle,
+    /// The keyspace's directory, named in errors.
+    dir: std::sync::Arc<std::path::Path>,
+    /// Where a failed write is recorded for the node (a full disk).
+    faults: crate::fault::FaultLatch,
 }
 
 impl std::fmt::Debug for StateTables {
@@ -213,6 +233,10 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     bizra_crypto::codec::decode(bytes).map_err(|e| StorageError::codec(what, e))
 }
 
+fn put(pairs: &mut Pairs, k: impl AsRef<[u8]>, v: impl Into<Vec<u8>>) {
+    pairs.push((k.as_ref().to_vec(), v.into()));
+}
+
 fn u64_of(what: &str, bytes: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| {
         StorageError::Corrupt(format!("{what}: expected 8 bytes, found {}", bytes.len()))
@@ -221,12 +245,26 @@ fn u64_of(what: &str, bytes: &[u8]) -> Result<u64> {
 }
 
 impl StateTables {
-    pub(crate) fn new(tree: sled::Tree) -> Self {
-        StateTables { tree }
+    pub(crate) fn new(
+        keyspace: fjall::Keyspace,
+        tables: fjall::PartitionHandle,
+        dir: &std::path::Path,
+        faults: crate::fault::FaultLatch,
+    ) -> Self {
+        StateTables {
+            keyspace,
+            tables,
+            dir: dir.into(),
+            faults,
+        }
+    }
+
+    fn err(&self, op: &'static str, e: fjall::Error) -> StorageError {
+        StorageError::state(op, &self.dir, e)
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8], what: &str) -> Result<Option<T>> {
-        match self.tree.get(k)? {
+        match self.tables.get(k).map_err(|e| self.err("read", e))? {
             Some(v) => decode(what, &v).map(Some),
             None => Ok(None),
         }
@@ -244,7 +282,11 @@ impl StateTables {
 
     /// The block with this hash.
     pub fn block_by_hash(&self, hash: &Hash) -> Result<Option<StoredBlock>> {
-        match self.tree.get(key::hash_key(key::BLOCK_HASH, hash))? {
+        match self
+            .tables
+            .get(key::hash_key(key::BLOCK_HASH, hash))
+            .map_err(|e| self.err("read", e))?
+        {
             Some(h) => {
                 let height = u64_of("block hash index", &h)?;
                 match self.block(height)? {
@@ -279,9 +321,9 @@ impl StateTables {
 
     /// Every recorded membership, oldest first (see [`VoterSetChange`]).
     pub fn voter_set_changes(&self) -> Result<Vec<VoterSetChange>> {
-        self.tree
-            .scan_prefix([key::VOTER_SET])
-            .map(|kv| decode("voter set change", &kv?.1))
+        self.tables
+            .prefix([key::VOTER_SET])
+            .map(|kv| decode("voter set change", &kv.map_err(|e| self.err("read", e))?.1))
             .collect()
     }
 
@@ -293,11 +335,13 @@ impl StateTables {
         end[0] = key::VOTER_SET;
         end[1..].copy_from_slice(&height.to_be_bytes());
         match self
-            .tree
+            .tables
             .range(&[key::VOTER_SET][..]..=&end[..])
             .next_back()
         {
-            Some(kv) => decode("voter set change", &kv?.1).map(Some),
+            Some(kv) => {
+                decode("voter set change", &kv.map_err(|e| self.err("read", e))?.1).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -345,8 +389,8 @@ impl StateTables {
         };
         let end = Bound::Included(key::index(prefix, owner, u64::MAX, u32::MAX));
         let mut out = Vec::new();
-        for kv in self.tree.range((start, end)).take(limit) {
-            let (k, v) = kv?;
+        for kv in self.tables.range((start, end)).take(limit) {
+            let (k, v) = kv.map_err(|e| self.err("read", e))?;
             let id: Hash = v.as_ref().try_into().map_err(|_| {
                 StorageError::Corrupt(format!("index value of {} bytes, expected 32", v.len()))
             })?;
@@ -362,10 +406,20 @@ impl StateTables {
         Ok(out)
     }
 
-    /// Writes one applied entry's effects and its log id as one atomic sled
-    /// batch (all or nothing, also across a crash).
+    /// Writes one applied entry's effects and its log id as one atomic
+    /// batch (all or nothing, also across a crash), handed to the OS before
+    /// this returns.
     pub fn commit(&self, update: StateUpdate) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::new(self);
+        for (k, v) in self.writes_of(update)? {
+            batch.insert(k, v);
+        }
+        batch.commit()
+    }
+
+    /// The key/value pairs [`StateTables::commit`] writes for `update`.
+    fn writes_of(&self, update: StateUpdate) -> Result<Pairs> {
+        let mut batch = Pairs::new();
         if let Some(block) = update.block {
             let height = block.header.height;
             let mut ids = Vec::with_capacity(block.attestations.len());
@@ -373,13 +427,15 @@ impl StateTables {
                 let index = u32::try_from(i).map_err(|_| {
                     StorageError::Corrupt("block with over 2^32 attestations".into())
                 })?;
-                batch.insert(
-                    &key::index(key::BY_ATTESTER, &att.attester, height, index)[..],
-                    &id,
+                put(
+                    &mut batch,
+                    key::index(key::BY_ATTESTER, &att.attester, height, index),
+                    id,
                 );
-                batch.insert(
-                    &key::index(key::BY_POI, &att.poi_hash, height, index)[..],
-                    &id,
+                put(
+                    &mut batch,
+                    key::index(key::BY_POI, &att.poi_hash, height, index),
+                    id,
                 );
                 let record = StoredAttestation {
                     attestation: att,
@@ -387,8 +443,9 @@ impl StateTables {
                     index,
                     block_hash: block.hash,
                 };
-                batch.insert(
-                    &key::hash_key(key::ATTESTATION, &id)[..],
+                put(
+                    &mut batch,
+                    key::hash_key(key::ATTESTATION, &id),
                     encode("attestation record", &record)?,
                 );
                 ids.push(id);
@@ -402,12 +459,17 @@ impl StateTables {
                 hash: block.hash,
                 ids,
             };
-            batch.insert(&key::block(height), encode("block record", &stored)?);
-            batch.insert(
-                &key::hash_key(key::BLOCK_HASH, &block.hash)[..],
-                &height.to_be_bytes(),
+            put(
+                &mut batch,
+                key::block(height),
+                encode("block record", &stored)?,
             );
-            batch.insert(key::HEAD, encode("head", &head)?);
+            put(
+                &mut batch,
+                key::hash_key(key::BLOCK_HASH, &block.hash),
+                height.to_be_bytes(),
+            );
+            put(&mut batch, key::HEAD, encode("head", &head)?);
         }
         if let Some(m) = update.membership {
             let from_height = self.head_ref()?.map(|h| h.height).unwrap_or(0) + 1;
@@ -425,15 +487,54 @@ impl StateTables {
             let mut k = [0u8; 9];
             k[0] = key::VOTER_SET;
             k[1..].copy_from_slice(&from_height.to_be_bytes());
-            batch.insert(&k[..], encode("voter set change", &change)?);
-            batch.insert(key::MEMBERSHIP, encode("membership", &m)?);
+            put(&mut batch, &k[..], encode("voter set change", &change)?);
+            put(&mut batch, key::MEMBERSHIP, encode("membership", &m)?);
         }
-        batch.insert(
+        put(
+            &mut batch,
             key::APPLIED,
             encode("last applied log id", &Some(update.applied))?,
         );
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        Ok(batch)
+    }
+
+    /// Makes every commit so far durable (fsync of fjall's journal). The
+    /// store's sync rounds call it first, so that nothing they make durable
+    /// in sled (finality records, the purge point) is ahead of the tables.
+    pub(crate) fn persist(&self) -> std::io::Result<()> {
+        self.keyspace
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(|e| crate::fault::state_io(&self.dir, e))
+    }
+
+    /// The keyspace's directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// True when nothing was ever committed (a new store, or one whose
+    /// tables are still in sled).
+    pub(crate) fn is_empty(&self) -> Result<bool> {
+        self.tables.is_empty().map_err(|e| self.err("read", e))
+    }
+
+    /// Writes raw pairs in one batch: moving tables from an older store.
+    pub(crate) fn write_pairs(&self, pairs: Pairs) -> Result<()> {
+        let mut batch = Batch::new(self);
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        batch.commit()
+    }
+
+    /// Removes every key in one batch: a move from an older store that was
+    /// interrupted starts over.
+    pub(crate) fn clear(&self) -> Result<()> {
+        let mut batch = Batch::new(self);
+        for k in self.tables.keys() {
+            batch.remove(k.map_err(|e| self.err("read", e))?);
+        }
+        batch.commit()
     }
 
     /// Serializes every table except the last applied id and membership
@@ -448,8 +549,8 @@ impl StateTables {
         let mut chunk: Pairs = Vec::new();
         let mut chunk_bytes = 0usize;
         let mut pairs = 0u64;
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
+        for kv in self.tables.iter() {
+            let (k, v) = kv.map_err(|e| self.err("read", e))?;
             if k.as_ref() == key::APPLIED || k.as_ref() == key::MEMBERSHIP {
                 continue;
             }
@@ -489,25 +590,65 @@ impl StateTables {
     }
 
     /// Replaces all tables with `snapshot` and sets the last applied id and
-    /// membership, in ONE sled batch: a crash leaves either the old state
-    /// or the new one, and readers see one or the other.
+    /// membership, in ONE batch: a crash leaves either the old state or the
+    /// new one, and readers see one or the other.
     pub fn install(
         &self,
         snapshot: ParsedSnapshot,
         applied: Option<LogIdOf>,
         membership: &MembershipOf,
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in self.tree.iter().keys() {
-            batch.remove(k?);
+        let mut batch = Batch::new(self);
+        for k in self.tables.keys() {
+            batch.remove(k.map_err(|e| self.err("read", e))?);
         }
         for (k, v) in snapshot.pairs {
             batch.insert(k, v);
         }
         batch.insert(key::MEMBERSHIP, encode("membership", membership)?);
         batch.insert(key::APPLIED, encode("last applied log id", &applied)?);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        batch.commit()
+    }
+}
+
+/// One atomic write to the tables. Committed with `PersistMode::Buffer`:
+/// fjall hands the journal to the OS and reports a failed write (it
+/// ignores the write's result otherwise).
+struct Batch<'a> {
+    tables: &'a StateTables,
+    batch: fjall::Batch,
+}
+
+impl<'a> Batch<'a> {
+    fn new(tables: &'a StateTables) -> Self {
+        Batch {
+            tables,
+            batch: tables
+                .keyspace
+                .batch()
+                .durability(Some(fjall::PersistMode::Buffer)),
+        }
+    }
+
+    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
+        self.batch
+            .insert(&self.tables.tables, k.as_ref(), v.as_ref());
+    }
+
+    fn remove(&mut self, k: impl AsRef<[u8]>) {
+        self.batch.remove(&self.tables.tables, k.as_ref());
+    }
+
+    /// Commits; a failure is also recorded in the store's fault latch,
+    /// since fjall refuses every later write (the node then reports why it
+    /// stopped applying, e.g. a full disk).
+    fn commit(self) -> Result<()> {
+        let tables = self.tables;
+        self.batch.commit().map_err(|e| {
+            let e = tables.err("write", e);
+            tables.faults.record_storage("write", &tables.dir, &e);
+            e
+        })
     }
 }
 
@@ -587,4 +728,171 @@ fn parse_export(mut data: &[u8]) -> Result<Pairs> {
         decode::<HeadRef>("snapshot head", v)?;
     }
     Ok(pairs)
+}
+
+#[cfg(test)]
+mod measure {
+    //! Not checks: the measurement behind docs/PERFORMANCE.md, "State
+    //! tables in an LSM". Each run writes 1.2 M attestations the way a
+    //! saturated node applies them (blocks of 200, 1000 attesters, random
+    //! ids and poi hashes), plus the admission's duplicate lookup of one
+    //! absent id per attestation, and prints the process's CPU per
+    //! attestation and its RSS every 200 000. The same pairs go to sled
+    //! (the old layout: one `state` tree, one batch per block) or to
+    //! [`StateTables::commit`]. Run one engine per process, so that RSS
+    //! is its own:
+    //! `cargo test --release -p bizra-storage --lib measure_state_tables_sled -- --ignored --nocapture`
+    //! (and `…_fjall`).
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    const TOTAL: u64 = 1_200_000;
+    const PER_BLOCK: u64 = 200;
+    const REPORT_EVERY: u64 = 200_000;
+
+    fn hash(n: u64, salt: u8) -> Hash {
+        let mut b = [0u8; 9];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        b[8] = salt;
+        *blake3::hash(&b).as_bytes()
+    }
+
+    fn update(height: u64) -> StateUpdate {
+        let first = (height - 1) * PER_BLOCK;
+        let attestations = (first..first + PER_BLOCK)
+            .map(|n| {
+                let a = Attestation {
+                    attester: hash(n % 1000, 1),
+                    poi_hash: hash(n, 2),
+                    timestamp_ms: 1_795_000_000_000 + n,
+                    ahsan_score: 9_750,
+                    context: "ground-truth-verified".into(),
+                    signature: [7; 64],
+                };
+                (hash(n, 0), a)
+            })
+            .collect::<Vec<_>>();
+        let header = BlockHeader {
+            chain_id: [9; 32],
+            height,
+            parent_hash: hash(height - 1, 3),
+            attestations_root: hash(height, 4),
+            attestation_count: PER_BLOCK as u32,
+            proposed_at_ms: 1_795_000_000_000,
+            proposer: [5; 32],
+            raft_term: 1,
+            raft_index: height,
+        };
+        StateUpdate {
+            applied: LogId::new(CommittedLeaderId::new(1, 0), height),
+            membership: None,
+            block: Some(NewBlock {
+                hash: hash(height, 3),
+                header,
+                attestations,
+            }),
+        }
+    }
+
+    /// user + system CPU seconds of this process, all threads.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .expect("fields")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| fields[i].parse::<f64>().expect("ticks");
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn rss_mib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmRSS");
+        kib / 1024
+    }
+
+    /// Writes every block with `write` (given the tables, for the pairs),
+    /// looks up one absent id per attestation with `lookup`, and reports.
+    fn run(
+        engine: &str,
+        tables: &StateTables,
+        write: impl Fn(StateUpdate),
+        lookup: impl Fn(&[u8]),
+    ) {
+        let mut cpu = cpu_seconds();
+        let mut wall = std::time::Instant::now();
+        for height in 1..=TOTAL / PER_BLOCK {
+            write(update(height));
+            for n in 0..PER_BLOCK {
+                lookup(&key::hash_key(
+                    key::ATTESTATION,
+                    &hash(TOTAL + height * PER_BLOCK + n, 0),
+                ));
+            }
+            let done = height * PER_BLOCK;
+            if done.is_multiple_of(REPORT_EVERY) {
+                let now = cpu_seconds();
+                let per_att = |s: f64| s * 1e6 / REPORT_EVERY as f64;
+                eprintln!(
+                    "{engine} at {done}: {:.1} µs CPU/att, {:.1} µs wall/att, RSS {} MiB",
+                    per_att(now - cpu),
+                    per_att(wall.elapsed().as_secs_f64()),
+                    rss_mib()
+                );
+                cpu = now;
+                wall = std::time::Instant::now();
+            }
+        }
+        let head = tables.head_ref().expect("read").map(|h| h.height);
+        assert!(head.is_none() || head == Some(TOTAL / PER_BLOCK));
+    }
+
+    #[test]
+    #[ignore = "measurement; writes 1.2 M attestations (about 2.4 GB in sled)"]
+    fn measure_state_tables_sled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::Store::open(dir.path()).expect("open");
+        let tables = store.state();
+        let db = crate::store::sled_config(&dir.path().join("old"))
+            .cache_capacity(crate::DEFAULT_CACHE_BYTES)
+            .open()
+            .expect("sled");
+        let tree = db.open_tree("state").expect("tree");
+        run(
+            "sled",
+            &tables,
+            |u| {
+                let mut batch = sled::Batch::default();
+                for (k, v) in tables.writes_of(u).expect("pairs") {
+                    batch.insert(k, v);
+                }
+                tree.apply_batch(batch).expect("write");
+            },
+            |k| {
+                tree.get(k).expect("read");
+            },
+        );
+    }
+
+    #[test]
+    #[ignore = "measurement; writes 1.2 M attestations"]
+    fn measure_state_tables_fjall() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::Store::open(dir.path()).expect("open");
+        let tables = store.state();
+        run(
+            "fjall",
+            &tables,
+            |u| tables.commit(u).expect("write"),
+            |k| {
+                tables.tables.get(k).expect("read");
+            },
+        );
+    }
 }

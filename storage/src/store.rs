@@ -1,9 +1,11 @@
-//! The one sled database of a node and its durability barrier.
+//! A node's storage (sled, the state keyspace, the Raft log files) and its
+//! durability barrier.
 //!
-//! Owns: opening the data directory, the sled trees, the group-commit
-//! syncer, the chain id stamp of the directory. Must not: interpret Raft
-//! log entries or state-machine records (that is `raft_log` and `state`),
-//! or be opened twice on one directory (sled's file lock refuses that).
+//! Owns: opening the data directory, the sled trees, the state tables'
+//! keyspace, the group-commit syncer, the chain id stamp of the directory.
+//! Must not: interpret Raft log entries or state-machine records (that is
+//! `raft_log` and `state`), or be opened twice on one directory (sled's
+//! file lock refuses that, and the keyspace is opened after it).
 //!
 //! Layout of `dir`:
 //! ```text
@@ -11,12 +13,14 @@
 //! dir/snapshot.current  the last state-machine snapshot (see `snapshot`)
 //! dir/own_votes.log     this validator's own finality votes (see `vote_log`)
 //! dir/raft_log/*.seg    the Raft log's entries (see `log_file`)
+//! dir/state/            the state-machine tables, a fjall keyspace (see `state`)
 //! ```
-//! Trees: `raft_meta` (vote, committed, last purged id, chain id), `state`
-//! (state-machine tables), `finality` (received finality votes,
-//! certificates, divergence evidence; see `finality`). In data format 1
-//! the entries were in a `raft_log` tree; [`Store::open`] moves them to
-//! the segment files once (`migrate_sled_raft_log`).
+//! sled trees: `raft_meta` (vote, committed, last purged id, chain id),
+//! `finality` (received finality votes, certificates, divergence evidence;
+//! see `finality`). In data format 1 the entries were in a `raft_log` tree,
+//! and up to format 2 the state tables in a `state` tree; [`Store::open`]
+//! moves each out of sled once (`migrate_sled_raft_log`,
+//! `migrate_sled_state`).
 
 use std::fs::File;
 use std::io;
@@ -40,13 +44,18 @@ use crate::vote_log::VoteLog;
 const RAFT_LOG_TREE: &str = "raft_log";
 const RAFT_META_TREE: &str = "raft_meta";
 const STATE_TREE: &str = "state";
+/// The state tables' fjall keyspace, under the store's directory.
+const STATE_DIR: &str = "state";
+/// The one fjall partition of the state tables.
+const STATE_PARTITION: &str = "tables";
 const FINALITY_TREE: &str = "finality";
 const CHAIN_ID_KEY: &[u8] = b"chain_id";
 /// Set in `raft_meta` once the entries of the old `raft_log` tree are in
 /// the segment files (or there were none).
 const LOG_IN_FILES_KEY: &[u8] = b"raft_log_in_files";
 
-/// A node's durable storage: one sled database plus the snapshot file.
+/// A node's durable storage: one sled database, the state tables'
+/// keyspace, the Raft log files and the snapshot file.
 ///
 /// Cheap to clone (shared inner). The database closes, and the syncer
 /// thread stops, when the last clone and every [`StateTables`] handle are
@@ -84,12 +93,11 @@ impl std::fmt::Debug for Store {
 /// Tuning of a [`Store`] that does not change what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Bound on sled's page cache, in bytes of on-disk page size. It bounds
-    /// only the cached page contents: sled 0.34 also keeps a descriptor per
-    /// page of the database in memory, so resident memory grows with the
-    /// database whatever this is (docs/PERFORMANCE.md, "Memory"). At the
-    /// minimum (16 MiB) a saturated node used about a third less memory
-    /// after 75 s than with sled's default of 1 GiB, at the same throughput.
+    /// Bound on each storage engine's cache: the state tables' block cache
+    /// (fjall) and sled's page cache (vote, finality records). sled 0.34
+    /// also keeps a descriptor per page in memory, which is why the state
+    /// tables, which grow with the chain, left it (docs/PERFORMANCE.md,
+    /// "Memory" and "State tables in an LSM").
     pub cache_bytes: u64,
 }
 
@@ -129,16 +137,18 @@ impl Store {
             })?;
         sync_dirs_at_open(dir, &sled_dir)?;
         let meta = db.open_tree(RAFT_META_TREE)?;
-        let state = StateTables::new(db.open_tree(STATE_TREE)?);
         let finality = db.open_tree(FINALITY_TREE)?;
         // After sled's open: its file lock keeps a second process out of
         // the directory, so only this one checks and truncates the log.
         let faults = FaultLatch::new(dir);
+        let state = open_state(dir, options, &faults)?;
         let own_votes = Arc::new(VoteLog::open(dir)?.with_faults(faults.clone()));
         migrate_sled_own_votes(&finality, &own_votes)?;
         let mut disk = DiskSync::new(db.clone(), &sled_dir)
             .map_err(|e| StorageError::io("open", sled_dir.join("db"), e))?
-            .with_faults(faults.clone());
+            .with_faults(faults.clone())
+            .with_state(state.clone());
+        migrate_sled_state(&db, &state, &mut disk)?;
         let raft_log = open_raft_log(dir, &db, &meta, &mut disk, &faults)?;
         let syncer = Syncer::start(disk, "bizra-sled-sync")
             .map_err(|e| StorageError::io("spawn syncer thread for", &sled_dir, e))?;
@@ -308,6 +318,88 @@ fn open_sled(sled_dir: &Path, cache_bytes: u64) -> std::result::Result<sled::Db,
             other => return other,
         }
     }
+}
+
+/// Opens (or creates) the state tables' keyspace in `dir/state`.
+///
+/// Memory: fjall's block cache is bounded by `cache_bytes`, and its
+/// memtables by [`STATE_WRITE_BUFFER_BYTES`]; the journal on disk by
+/// [`STATE_JOURNAL_BYTES`] (past it fjall flushes memtables to sorted
+/// files and drops old journal files).
+fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<StateTables> {
+    let path = dir.join(STATE_DIR);
+    let fail = |e| StorageError::state("open", &path, e);
+    let keyspace = fjall::Config::new(&path)
+        .cache_size(options.cache_bytes)
+        .max_write_buffer_size(STATE_WRITE_BUFFER_BYTES)
+        .max_journaling_size(STATE_JOURNAL_BYTES)
+        .open()
+        .map_err(fail)?;
+    let tables = keyspace
+        .open_partition(
+            STATE_PARTITION,
+            fjall::PartitionCreateOptions::default().max_memtable_size(STATE_MEMTABLE_BYTES),
+        )
+        .map_err(fail)?;
+    // fjall creates its directories without syncing their entries.
+    sync_dir(&path)?;
+    sync_dir(dir)?;
+    Ok(StateTables::new(keyspace, tables, &path, faults.clone()))
+}
+
+/// Bound on the state tables' memtables, all together.
+const STATE_WRITE_BUFFER_BYTES: u64 = 32 << 20;
+/// Size at which one memtable is sealed and flushed to a sorted file.
+const STATE_MEMTABLE_BYTES: u32 = 8 << 20;
+/// Bound on the state tables' journal files on disk.
+const STATE_JOURNAL_BYTES: u64 = 64 << 20;
+
+/// Moves the state tables of a data-format-2 (or older) store from sled's
+/// `state` tree into the fjall keyspace, in chunks of
+/// [`MIGRATION_CHUNK_BYTES`].
+///
+/// Crash safety: the sled tree is dropped only after the keyspace is
+/// durable, and the drop is synced at once. An interrupted move leaves the
+/// tree whole; the next open sees it, clears the keyspace and starts over.
+fn migrate_sled_state(db: &sled::Db, state: &StateTables, disk: &mut DiskSync) -> Result<()> {
+    let names = db.tree_names();
+    if !names.iter().any(|n| n.as_ref() == STATE_TREE.as_bytes()) {
+        return Ok(());
+    }
+    let old = db.open_tree(STATE_TREE)?;
+    if !old.is_empty() {
+        if !state.is_empty()? {
+            state.clear()?;
+        }
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut moved = 0u64;
+        for kv in old.iter() {
+            let (k, v) = kv?;
+            chunk_bytes += k.len() + v.len();
+            chunk.push((k.to_vec(), v.to_vec()));
+            if chunk_bytes >= MIGRATION_CHUNK_BYTES {
+                moved += chunk.len() as u64;
+                state.write_pairs(std::mem::take(&mut chunk))?;
+                chunk_bytes = 0;
+            }
+        }
+        moved += chunk.len() as u64;
+        state.write_pairs(chunk)?;
+        state
+            .persist()
+            .map_err(|e| StorageError::io("fsync the journal of", state.dir(), e))?;
+        tracing::info!(
+            keys = moved,
+            "moved the state tables from sled into their own keyspace"
+        );
+    }
+    drop(old);
+    db.drop_tree(STATE_TREE)?;
+    disk.sync(None).map_err(|e| {
+        let (op, path) = disk.what();
+        StorageError::io(op, path, e)
+    })
 }
 
 /// How many bytes of old log entries [`migrate_sled_raft_log`] writes per

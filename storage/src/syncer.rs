@@ -59,9 +59,13 @@ pub enum SyncedFile {
     /// The Raft log's segment files (`raft_log/*.seg`), in a group-commit
     /// round of appends.
     RaftLog,
-    /// sled's files: its log file `db` (holding the vote and the state
-    /// tables) or one of its blob files, in a sync round of the store.
+    /// sled's files: its log file `db` (holding the vote, the purge point
+    /// and received finality records) or one of its blob files, in a sync
+    /// round of the store.
     Sled,
+    /// The state tables' journal (fjall), fsynced first in every sync
+    /// round of the store.
+    State,
     /// `own_votes.log`, once per own-finality-vote append.
     OwnVotes,
 }
@@ -72,6 +76,7 @@ impl SyncedFile {
         match self {
             SyncedFile::RaftLog => "raft_log",
             SyncedFile::Sled => "sled",
+            SyncedFile::State => "state",
             SyncedFile::OwnVotes => "own_votes",
         }
     }
@@ -166,6 +171,8 @@ pub(crate) struct DiskSync {
     dir_names: BTreeSet<OsString>,
     /// Where a failed round is recorded for the node (disk full, issue 6).
     faults: crate::fault::FaultLatch,
+    /// The state tables, whose journal each round makes durable first.
+    state: Option<crate::state::StateTables>,
 }
 
 impl DiskSync {
@@ -174,6 +181,7 @@ impl DiskSync {
         let db_file = File::open(sled_dir.join("db"))?;
         Ok(DiskSync {
             faults: crate::fault::FaultLatch::default(),
+            state: None,
             db,
             sled_dir: sled_dir.to_path_buf(),
             db_file,
@@ -187,6 +195,12 @@ impl DiskSync {
     /// Records this store's first failed round in `faults`.
     pub(crate) fn with_faults(mut self, faults: crate::fault::FaultLatch) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Makes each round persist `state` first.
+    pub(crate) fn with_state(mut self, state: crate::state::StateTables) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -246,6 +260,15 @@ impl SyncRound for DiskSync {
     fn sync(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()> {
         // Writes sled's IO buffers and waits for them (sync_file_range).
         // The I/O error itself, not a wrapper: its kind says "disk full".
+        // The state tables first: nothing this round makes durable in sled
+        // (finality records, the purge point) may be ahead of them.
+        if let Some(state) = &self.state {
+            let started = Instant::now();
+            state.persist()?;
+            if let Some(o) = observer {
+                o.fdatasync(SyncedFile::State, started.elapsed());
+            }
+        }
         self.db.flush().map_err(crate::fault::sled_io)?;
         // Makes them durable (drive cache flush, size metadata).
         fdatasync(&self.db_file, SyncedFile::Sled, observer)?;

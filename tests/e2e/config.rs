@@ -396,7 +396,7 @@ fn init(d: &Path) -> (PathBuf, PathBuf) {
         & 0o777;
     assert_eq!(mode, 0o600, "init creates the key 0600");
     let format = std::fs::read_to_string(data.join("FORMAT")).expect("init writes FORMAT");
-    assert_eq!(format, "bizra-node data format 2\n");
+    assert_eq!(format, "bizra-node data format 3\n");
     (d.join("config.toml"), data)
 }
 
@@ -440,7 +440,7 @@ fn unknown_data_format_is_refused() {
         &[
             "FORMAT",
             "version 99",
-            "supports versions 1 to 2",
+            "supports versions 1 to 3",
             "newer bizra-node",
         ],
     );
@@ -457,7 +457,7 @@ fn second_process_on_one_data_dir_is_refused() {
     let data = cluster.data_dir(0);
     assert_eq!(
         std::fs::read_to_string(data.join("FORMAT")).expect("the first start writes FORMAT"),
-        "bizra-node data format 2\n"
+        "bizra-node data format 3\n"
     );
     let config = cluster.config_path(0);
     let scratch = tempfile::tempdir().expect("temp dir");

@@ -485,8 +485,8 @@ fn metrics_pass_promtool_check() {
             i + 1
         );
         // Appends sync the Raft log's segments; the vote and chain id
-        // stamp sync sled.
-        for file in ["raft_log", "sled"] {
+        // stamp sync sled, after the state tables' journal.
+        for file in ["raft_log", "sled", "state"] {
             assert!(
                 m.sum_where("bizra_storage_fsyncs_total", "file", file) >= 1.0,
                 "node-{}: no fdatasync of {file}",

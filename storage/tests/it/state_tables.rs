@@ -229,3 +229,72 @@ fn snapshot_file_round_trips_and_detects_damage() {
     std::fs::write(&path, bytes).expect("rewrite");
     assert!(matches!(file.load(), Err(StorageError::Corrupt(_))));
 }
+
+/// Writes the state tables of a data-format-2 store: sled's `state` tree
+/// with the last applied id and one voter-set record per height in
+/// `heights`.
+fn write_sled_state(dir: &std::path::Path, applied: u64, heights: std::ops::RangeInclusive<u64>) {
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .segment_size(16 << 20)
+        .open()
+        .expect("the sled db opens");
+    let tree = db.open_tree("state").expect("tree");
+    tree.insert(b"Mapplied", encode(&Some(log_id(2, applied))))
+        .expect("insert");
+    for h in heights {
+        let change = bizra_storage::VoterSetChange {
+            from_height: h,
+            log_index: h,
+            voters: [(1, format!("peer-{h}"))].into(),
+            learners: Default::default(),
+            joint: false,
+        };
+        let mut k = vec![b'V'];
+        k.extend_from_slice(&h.to_be_bytes());
+        tree.insert(k, encode(&change)).expect("insert");
+    }
+    db.flush().expect("flush");
+}
+
+/// Codec bytes of a stored record, for writing an old layout by hand.
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bizra_crypto::codec::encode(v).expect("encodes")
+}
+
+fn sled_has_state_tree(dir: &std::path::Path) -> bool {
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .segment_size(16 << 20)
+        .open()
+        .expect("reopens");
+    let found = db.tree_names().iter().any(|n| n.as_ref() == b"state");
+    found
+}
+
+#[test]
+fn tables_of_the_sled_layout_are_moved_at_open() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    write_sled_state(dir.path(), 42, 1..=300);
+    // The second open reads the moved tables again, from the keyspace.
+    for _ in 0..2 {
+        let store = Store::open(dir.path()).expect("opens");
+        let (applied, _) = store.state().applied_state().expect("read");
+        assert_eq!(applied, Some(log_id(2, 42)));
+        let changes = store.state().voter_set_changes().expect("read");
+        assert_eq!(changes.len(), 300);
+        assert_eq!(changes[299].voters[&1], "peer-300");
+    }
+    assert!(!sled_has_state_tree(dir.path()), "the old tree is dropped");
+
+    // A move that was interrupted (the sled tree still there, the
+    // keyspace holding what an earlier attempt wrote) starts over: only
+    // the sled tree's records remain.
+    write_sled_state(dir.path(), 7, 1..=3);
+    let store = Store::open(dir.path()).expect("opens");
+    let (applied, _) = store.state().applied_state().expect("read");
+    assert_eq!(applied, Some(log_id(2, 7)));
+    assert_eq!(store.state().voter_set_changes().expect("read").len(), 3);
+    drop(store);
+    assert!(!sled_has_state_tree(dir.path()));
+}
