@@ -6,19 +6,22 @@
 //! durable.
 //!
 //! Snapshots. `get_snapshot_builder` runs on the state machine's own task,
-//! between applies, so it exports the tables there (a consistent view);
-//! the builder then syncs the database (so that a power loss can no longer
+//! between applies, so it takes a view of the tables there (a fjall
+//! snapshot, consistent and instant); the builder, on its own task,
+//! exports the view, syncs the database (so that a power loss can no longer
 //! roll the state back behind the snapshot, whose log openraft is about to
-//! purge), and writes the snapshot file durably before returning.
+//! purge), and writes the snapshot file durably before returning. Applies
+//! go on meanwhile: exporting millions of pairs took seconds, and doing it
+//! on the state machine's task stalled every client for that long.
 //!
 //! Install, and what a crash does to it: the received data is decoded and
 //! checked first; then the snapshot file is replaced (atomic rename, fsync);
-//! then the tables are replaced in one sled batch. A crash before the
+//! then the tables are replaced in one batch. A crash before the
 //! rename leaves the old state and old snapshot (Raft sends the snapshot
 //! again). A crash after it leaves a snapshot newer than the tables (old
 //! state, or the new one not yet durable); [`crate::open`] then re-installs
 //! it from the file before Raft starts. The tables are never half-replaced
-//! (sled batches are atomic across crashes).
+//! (fjall batches are atomic across crashes).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -104,15 +107,15 @@ impl StateMachine {
     }
 }
 
-/// Builds a snapshot from tables exported at creation time.
+/// Builds a snapshot from a view of the tables taken at creation time.
 pub struct SnapshotBuilder {
     store: Store,
     captured: Result<Captured, DiskError>,
 }
 
-/// The tables as exported between two applies.
+/// The tables as seen between two applies.
 struct Captured {
-    data: Vec<u8>,
+    view: bizra_storage::TablesView,
     last_log_id: Option<LogId<u64>>,
     last_membership: MembershipOf,
 }
@@ -135,7 +138,7 @@ fn snapshot_id(last: &Option<LogId<u64>>) -> String {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let Captured {
-            data,
+            view,
             last_log_id,
             last_membership,
         } = match std::mem::replace(
@@ -160,6 +163,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let file_meta = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let data = view.export()?;
+            drop(view);
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                bytes = data.len(),
+                "state tables exported for a snapshot"
+            );
             // `false` (not written) means a snapshot at least as new was
             // installed meanwhile; this one is still a valid snapshot.
             store
@@ -224,23 +235,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Runs between applies: the export is a consistent view.
-        let tables = self.tables.clone();
-        let captured = tokio::task::spawn_blocking(move || {
-            let (last_log_id, last_membership) = tables.applied_state()?;
-            let data = tables.export()?;
-            Ok(Captured {
-                data,
+        // Runs between applies: the applied state and the view agree.
+        let captured = self
+            .tables
+            .applied_state()
+            .map(|(last_log_id, last_membership)| Captured {
+                view: self.tables.view(),
                 last_log_id,
                 last_membership,
-            })
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(DiskError::InvalidSnapshot(format!(
-                "export task failed: {e}"
-            )))
-        });
+            });
         SnapshotBuilder {
             store: self.store.clone(),
             captured,

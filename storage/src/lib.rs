@@ -88,7 +88,7 @@ pub use raft_log::{LogStore, MAX_READ_BYTES};
 pub use snapshot::{SnapshotFile, SnapshotMetaOf};
 pub use state::{
     HeadRef, IndexEntry, LogIdOf, MembershipOf, NewBlock, ParsedSnapshot, StateTables, StateUpdate,
-    StoredAttestation, StoredBlock, VoterSetChange,
+    StoredAttestation, StoredBlock, TablesView, VoterSetChange,
 };
 pub use store::{Store, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use syncer::{set_sync_observer, SyncObserver, SyncedFile};

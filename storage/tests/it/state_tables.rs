@@ -41,6 +41,15 @@ fn block(height: u64, parent: Hash, atts: Vec<(Hash, Attestation)>) -> NewBlock 
     }
 }
 
+/// The tables of a new store in a temp dir (kept alive by the caller).
+fn fresh_tables() -> (tempfile::TempDir, StateTables) {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let tables = Store::open(dir.path())
+        .expect("a fresh store opens")
+        .state();
+    (dir, tables)
+}
+
 /// Two blocks: attester 1 has ids 1, 2 (block 1) and 4 (block 2).
 fn fill(tables: &StateTables) -> (NewBlock, NewBlock) {
     let b1 = block(1, [0; 32], vec![att(1, 7, 1), att(1, 8, 2), att(2, 7, 3)]);
@@ -135,14 +144,8 @@ fn committed_blocks_are_readable_by_every_key() {
 
 #[test]
 fn export_then_install_reproduces_the_tables_and_replaces_old_ones() {
-    let dir_a = tempfile::tempdir().expect("a temp dir can be created");
-    let dir_b = tempfile::tempdir().expect("a temp dir can be created");
-    let a = Store::open(dir_a.path())
-        .expect("a fresh store opens")
-        .state();
-    let b = Store::open(dir_b.path())
-        .expect("a fresh store opens")
-        .state();
+    let (_dir_a, a) = fresh_tables();
+    let (_dir_b, b) = fresh_tables();
     let (b1, b2) = fill(&a);
     // B has unrelated state that the install must remove.
     let stale = block(1, [0; 32], vec![att(3, 3, 99)]);
@@ -297,4 +300,45 @@ fn tables_of_the_sled_layout_are_moved_at_open() {
     assert_eq!(store.state().voter_set_changes().expect("read").len(), 3);
     drop(store);
     assert!(!sled_has_state_tree(dir.path()));
+}
+
+#[test]
+fn a_view_exports_the_state_when_taken_not_later_commits() {
+    let (_dir_a, a) = fresh_tables();
+    let (_dir_b, b) = fresh_tables();
+    // Enough pairs for several export frames of about 1 MiB.
+    let b1 = block(
+        1,
+        [0; 32],
+        (0..6000u64)
+            .map(|n| att((n % 250) as u8, (n % 7) as u8, n))
+            .collect(),
+    );
+    a.commit(StateUpdate {
+        applied: log_id(1, 11),
+        membership: None,
+        block: Some(b1.clone()),
+    })
+    .expect("commit block 1");
+    let view = a.view();
+    let b2 = block(2, b1.hash, vec![att(1, 7, 9999)]);
+    a.commit(StateUpdate {
+        applied: log_id(1, 12),
+        membership: None,
+        block: Some(b2.clone()),
+    })
+    .expect("commit block 2");
+
+    let data = view.export().expect("export of the view");
+    drop(view);
+    assert!(data.len() > 2 << 20, "only {} bytes", data.len());
+    let parsed = StateTables::parse_snapshot(&data).expect("own export parses");
+    b.install(parsed, Some(log_id(1, 11)), &MembershipOf::default())
+        .expect("install");
+    assert_eq!(b.block(1).expect("read").map(|s| s.hash), Some(b1.hash));
+    assert_eq!(b.block(2).expect("read"), None);
+    assert_eq!(b.attestation(&att(1, 7, 9999).0).expect("read"), None);
+    assert!(b.attestation(&att(5, 5, 5999).0).expect("read").is_some());
+    assert_eq!(b.export().expect("export"), data);
+    assert_ne!(a.export().expect("export"), data);
 }
