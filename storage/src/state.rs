@@ -208,6 +208,32 @@ struct ExportHeader {
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Pairs borrowed from the keyspace, encoded exactly as [`Pairs`]: the
+/// codec writes a `Vec<u8>` (a serde sequence of `u8`) and a byte slice
+/// (`serialize_bytes`) both as a length and the bytes (unit test
+/// `borrowed_pairs_encode_as_owned_pairs`). Exports use it so that no pair
+/// is copied before it is encoded.
+struct BorrowedPairs<'a>(&'a [(fjall::Slice, fjall::Slice)]);
+
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl Serialize for BorrowedPairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            seq.serialize_element(&(RawBytes(k), RawBytes(v)))?;
+        }
+        seq.end()
+    }
+}
+
 /// Typed access to the state machine's tables. A cheap clone of the fjall
 /// handles: readers (the node's RPC path) use it while the Raft core owns
 /// the state machine. Single reads are atomic with respect to
@@ -615,7 +641,7 @@ impl TablesView {
         // The header's pair count is known only at the end: leave room for
         // its frame in front and move the body up once (in place).
         let mut out = vec![0u8; HEADER_ROOM];
-        let mut chunk: Pairs = Vec::new();
+        let mut chunk: Vec<(fjall::Slice, fjall::Slice)> = Vec::new();
         let mut chunk_bytes = 0usize;
         let mut pairs = 0u64;
         for kv in self.snapshot.iter() {
@@ -625,16 +651,16 @@ impl TablesView {
                 continue;
             }
             chunk_bytes += k.len() + v.len();
-            chunk.push((k.to_vec(), v.to_vec()));
+            chunk.push((k, v));
             pairs += 1;
             if chunk_bytes >= FRAME_TARGET {
-                push_frame(&mut out, &encode("snapshot chunk", &chunk)?)?;
+                push_frame(&mut out, &encode("snapshot chunk", &BorrowedPairs(&chunk))?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
         }
         if !chunk.is_empty() {
-            push_frame(&mut out, &encode("snapshot chunk", &chunk)?)?;
+            push_frame(&mut out, &encode("snapshot chunk", &BorrowedPairs(&chunk))?)?;
         }
         let mut header = Vec::new();
         push_frame(
@@ -776,6 +802,27 @@ fn parse_export(mut data: &[u8]) -> Result<Pairs> {
         decode::<HeadRef>("snapshot head", v)?;
     }
     Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_pairs_encode_as_owned_pairs() {
+        let owned: Pairs = vec![
+            (vec![], vec![]),
+            (b"Ak".to_vec(), vec![7; 300]),
+            (vec![0xff; 130], vec![1, 2, 3]),
+        ];
+        let borrowed: Vec<(fjall::Slice, fjall::Slice)> = owned
+            .iter()
+            .map(|(k, v)| (fjall::Slice::from(&k[..]), fjall::Slice::from(&v[..])))
+            .collect();
+        let bytes = encode("pairs", &BorrowedPairs(&borrowed)).expect("encodes");
+        assert_eq!(bytes, encode("pairs", &owned).expect("encodes"));
+        assert_eq!(decode::<Pairs>("pairs", &bytes).expect("decodes"), owned);
+    }
 }
 
 #[cfg(test)]
