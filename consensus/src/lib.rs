@@ -23,6 +23,7 @@ mod apply;
 mod error;
 mod network;
 mod reader;
+mod snapshot_data;
 mod state_machine;
 mod types;
 
@@ -33,6 +34,7 @@ pub use network::{
     MAX_ONE_WAY_IN_FLIGHT,
 };
 pub use reader::ChainReader;
+pub use snapshot_data::SnapshotData;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{
     BlockProposal, BlockSummary, Entry, LogStore, Outcome, Raft, Request, Response, TypeConfig,

@@ -8,11 +8,13 @@
 //! Snapshots. `get_snapshot_builder` runs on the state machine's own task,
 //! between applies, so it takes a view of the tables there (a fjall
 //! snapshot, consistent and instant); the builder, on its own task,
-//! exports the view, syncs the database (so that a power loss can no longer
-//! roll the state back behind the snapshot, whose log openraft is about to
-//! purge), and writes the snapshot file durably before returning. Applies
-//! go on meanwhile: exporting millions of pairs took seconds, and doing it
-//! on the state machine's task stalled every client for that long.
+//! syncs the database (so that a power loss can no longer roll the state
+//! back behind the snapshot, whose log openraft is about to purge), then
+//! exports the view straight into the snapshot file, durably, before
+//! returning. Applies go on meanwhile: exporting millions of pairs takes
+//! seconds, and doing it on the state machine's task stalled every client
+//! for that long. Built and stored snapshots are read from the file
+//! ([`SnapshotData`]), so their size costs no memory.
 //!
 //! Install, and what a crash does to it: the received data is decoded and
 //! checked first; then the snapshot file is replaced (atomic rename, fsync);
@@ -23,7 +25,6 @@
 //! it from the file before Raft starts. The tables are never half-replaced
 //! (fjall batches are atomic across crashes).
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use bizra_crypto::{Hash, Verifier};
@@ -34,6 +35,7 @@ use openraft::{
 };
 
 use crate::apply::apply_entry;
+use crate::snapshot_data::SnapshotData;
 use crate::types::{Entry, Response, TypeConfig};
 
 type RaftStorageError = openraft::StorageError<u64>;
@@ -162,29 +164,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         self.store.sync().await.map_err(|e| write_err(&e))?;
         let store = self.store.clone();
         let file_meta = meta.clone();
-        let data = tokio::task::spawn_blocking(move || {
+        let (data, bytes) = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let data = view.export()?;
-            drop(view);
+            // Straight into the file: memory stays at one chunk.
+            let written = store
+                .snapshot_file()
+                .save_with(&file_meta, |w, path| view.export_to(w, path))?;
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
-                bytes = data.len(),
+                written,
                 "state tables exported for a snapshot"
             );
-            // `false` (not written) means a snapshot at least as new was
-            // installed meanwhile; this one is still a valid snapshot.
-            store
-                .snapshot_file()
-                .save(&file_meta, &data)
-                .map(|_written| data)
+            // Read back through the file, unless a snapshot at least as new
+            // was installed meanwhile (not written) or replaced this one
+            // since: this one is still valid, and rare, so from memory.
+            match store.snapshot_file().open_data()? {
+                Some((stored, file, len))
+                    if written
+                        && stored.last_log_id == file_meta.last_log_id
+                        && stored.snapshot_id == file_meta.snapshot_id =>
+                {
+                    let data = SnapshotData::from_file(file, len).map_err(|e| {
+                        DiskError::Corrupt(format!("snapshot file: cannot read it: {e}"))
+                    })?;
+                    Ok((data, len))
+                }
+                _ => {
+                    let bytes = view.export()?;
+                    let len = bytes.len() as u64;
+                    Ok::<_, DiskError>((SnapshotData::in_memory(bytes), len))
+                }
+            }
         })
         .await
         .map_err(|e| write_err(&e))?
         .map_err(|e| write_err(&e))?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes, "snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -250,19 +268,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, RaftStorageError> {
+        Ok(Box::new(SnapshotData::in_memory(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), RaftStorageError> {
-        let data = snapshot.into_inner();
+        let signature = Some(meta.signature());
+        let data = snapshot
+            .into_bytes()
+            .await
+            .map_err(|e| -> RaftStorageError {
+                StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)).into()
+            })?;
         let store = self.store.clone();
         let meta = meta.clone();
-        let signature = Some(meta.signature());
         tokio::task::spawn_blocking(move || install(&store, &meta, data))
             .await
             .map_err(task_err)?
@@ -277,15 +300,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.snapshot_file().load())
+        // Read from the file when openraft sends it, chunk by chunk.
+        let opened = tokio::task::spawn_blocking(move || store.snapshot_file().open_data())
             .await
             .map_err(task_err)?
             .map_err(|e| {
                 RaftStorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
             })?;
-        Ok(loaded.map(|(meta, data)| Snapshot {
+        let Some((meta, file, len)) = opened else {
+            return Ok(None);
+        };
+        let data = SnapshotData::from_file(file, len).map_err(|e| {
+            RaftStorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }

@@ -5,8 +5,6 @@
 //! types that cross the network in Raft messages (encoded with
 //! `bizra_crypto::codec`).
 
-use std::io::Cursor;
-
 use bizra_crypto::{Attestation, Hash};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +18,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

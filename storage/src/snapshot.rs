@@ -1,10 +1,11 @@
 //! The persisted state-machine snapshot: one file, replaced atomically.
 //!
 //! Owns: `dir/snapshot.current` and its temporary sibling. Must not: decide
-//! when to snapshot or what a snapshot contains (consensus builds it from
-//! [`StateTables::export`](crate::StateTables::export)); it only keeps the
-//! last one durably so that `get_current_snapshot` survives a restart and
-//! the Raft log can be purged behind it.
+//! when to snapshot or what a snapshot contains (consensus writes it with
+//! [`TablesView::export_to`](crate::TablesView::export_to)); it only keeps
+//! the last one durably so that `get_current_snapshot` survives a restart
+//! and the Raft log can be purged behind it, and hands out its data as an
+//! open file so that no snapshot has to be held in memory.
 //!
 //! File format: `MAGIC ‖ u32 BE meta_len ‖ meta (codec) ‖ data ‖ BLAKE3 of
 //! everything before it (32 bytes)`. It is written to `snapshot.tmp`,
@@ -63,6 +64,22 @@ impl SnapshotFile {
     /// nothing is written and `false` is returned). Blocking file IO: call
     /// it from a blocking thread.
     pub fn save(&self, meta: &SnapshotMetaOf, data: &[u8]) -> Result<bool> {
+        self.save_with(meta, |w, path| {
+            w.write_all(data)
+                .map_err(|e| StorageError::io("write", path, e))
+        })
+    }
+
+    /// As [`SnapshotFile::save`], with the data written by `write` straight
+    /// into the file (through a buffer and the checksum), so a snapshot of
+    /// any size costs a buffer's worth of memory. `write` is given the
+    /// temporary file's path to name in its errors; an error leaves the
+    /// current snapshot as it was.
+    pub fn save_with(
+        &self,
+        meta: &SnapshotMetaOf,
+        write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>,
+    ) -> Result<bool> {
         // A panic in another save cannot leave this lock guarding broken
         // data: the files are checked on load.
         let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,26 +92,26 @@ impl SnapshotFile {
             .map_err(|e| StorageError::codec("snapshot meta", e))?;
         let meta_len = u32::try_from(meta_bytes.len())
             .map_err(|_| StorageError::Corrupt("snapshot meta over 4 GiB".into()))?;
-        let mut hasher = blake3::Hasher::new();
         let header_len = MAGIC.len() + 4;
         let mut head = Vec::with_capacity(header_len + meta_bytes.len());
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&meta_len.to_be_bytes());
         head.extend_from_slice(&meta_bytes);
-        hasher.update(&head);
-        hasher.update(data);
-        let digest = hasher.finalize();
 
         let tmp = self.dir.join(TMP);
         let current = self.dir.join(CURRENT);
-        let write = |f: &mut File| -> std::io::Result<()> {
-            f.write_all(&head)?;
-            f.write_all(data)?;
-            f.write_all(digest.as_bytes())?;
-            f.sync_all()
+        let io = |e| StorageError::io("write + fsync", &tmp, e);
+        let f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        let mut out = HashingWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, f),
+            hasher: blake3::Hasher::new(),
         };
-        let mut f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
-        write(&mut f).map_err(|e| StorageError::io("write + fsync", &tmp, e))?;
+        out.write_all(&head).map_err(io)?;
+        write(&mut out, &tmp)?;
+        let digest = out.hasher.finalize();
+        let mut f = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
+        f.write_all(digest.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
         drop(f);
         std::fs::rename(&tmp, &current)
             .map_err(|e| StorageError::io("rename snapshot.tmp to", &current, e))?;
@@ -111,24 +128,43 @@ impl SnapshotFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io("open", path, e)),
         };
-        let mut head = [0u8; MAGIC.len() + 4];
-        f.read_exact(&mut head)
-            .map_err(|e| StorageError::io("read", &path, e))?;
-        if &head[..MAGIC.len()] != MAGIC {
-            return Err(StorageError::Corrupt(format!(
-                "{}: not a bizra snapshot file",
-                path.display()
-            )));
+        read_head(&mut f, &path).map(|(meta, _)| Some(meta))
+    }
+
+    /// The current snapshot's meta and an open handle on its data (the
+    /// file positioned at the data's start, and the data's length), after
+    /// checking the whole file's checksum by reading it through once; the
+    /// data is not held in memory. The handle keeps reading this snapshot
+    /// even if a newer one replaces the file meanwhile. Blocking file IO.
+    pub fn open_data(&self) -> Result<Option<(SnapshotMetaOf, File, u64)>> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.dir.join(CURRENT);
+        let corrupt = |why: &str| StorageError::Corrupt(format!("{}: {why}", path.display()));
+        let io = |e| StorageError::io("read", &path, e);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let total = f.metadata().map_err(io)?.len();
+        let body_len = total
+            .checked_sub(32)
+            .ok_or_else(|| corrupt("not a bizra snapshot file"))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut body = std::io::Read::by_ref(&mut f).take(body_len);
+        let copied = std::io::copy(&mut body, &mut hasher).map_err(io)?;
+        let mut digest = [0u8; 32];
+        f.read_exact(&mut digest).map_err(io)?;
+        if copied != body_len || hasher.finalize().as_bytes() != &digest {
+            return Err(corrupt("checksum mismatch"));
         }
-        let mut len4 = [0u8; 4];
-        len4.copy_from_slice(&head[MAGIC.len()..]);
-        let mut meta = Vec::new();
-        f.take(u64::from(u32::from_be_bytes(len4)))
-            .read_to_end(&mut meta)
-            .map_err(|e| StorageError::io("read", &path, e))?;
-        bizra_crypto::codec::decode(&meta)
-            .map(Some)
-            .map_err(|e| StorageError::codec("snapshot meta", e))
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        let (meta, start) = read_head(&mut f, &path)?;
+        let len = body_len
+            .checked_sub(start)
+            .ok_or_else(|| corrupt("meta length out of range"))?;
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
+        Ok(Some((meta, f, len)))
     }
 
     /// The current snapshot, if one was ever saved. A damaged file is an
@@ -160,5 +196,47 @@ impl SnapshotFile {
         bytes.truncate(body_len);
         let data = bytes.split_off(meta_end);
         Ok(Some((meta, data)))
+    }
+}
+
+/// Reads the magic and the meta at the start of a snapshot file: the meta
+/// and where the data starts.
+fn read_head(f: &mut File, path: &Path) -> Result<(SnapshotMetaOf, u64)> {
+    let mut head = [0u8; MAGIC.len() + 4];
+    f.read_exact(&mut head)
+        .map_err(|e| StorageError::io("read", path, e))?;
+    if &head[..MAGIC.len()] != MAGIC {
+        return Err(StorageError::Corrupt(format!(
+            "{}: not a bizra snapshot file",
+            path.display()
+        )));
+    }
+    let mut len4 = [0u8; 4];
+    len4.copy_from_slice(&head[MAGIC.len()..]);
+    let meta_len = u64::from(u32::from_be_bytes(len4));
+    let mut meta = Vec::new();
+    f.take(meta_len)
+        .read_to_end(&mut meta)
+        .map_err(|e| StorageError::io("read", path, e))?;
+    let meta =
+        bizra_crypto::codec::decode(&meta).map_err(|e| StorageError::codec("snapshot meta", e))?;
+    Ok((meta, head.len() as u64 + meta_len))
+}
+
+/// Writes through to `inner` and feeds the same bytes to the checksum.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -1,8 +1,6 @@
 //! Snapshot build, install, and recovery from a crash in the middle of an
 //! install.
 
-use std::io::Cursor;
-
 use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 
@@ -30,6 +28,9 @@ async fn reopen_finishes_an_interrupted_install() {
         .await
         .expect("build");
 
+    // A built snapshot is read from its file, as openraft reads it.
+    assert!(snap.snapshot.as_memory().is_none());
+    let data = snap.snapshot.into_bytes().await.expect("read the snapshot");
     let dst = tempfile::tempdir().expect("a temp dir can be created");
     {
         let (log, _sm, reader) = bizra_consensus::open(dst.path(), chain())
@@ -38,7 +39,7 @@ async fn reopen_finishes_an_interrupted_install() {
         // The install's first step only, as if the process died right after.
         log.store()
             .snapshot_file()
-            .save(&snap.meta, snap.snapshot.get_ref())
+            .save(&snap.meta, &data)
             .expect("save");
         assert_eq!(reader.head().expect("read"), None);
     }
@@ -59,6 +60,10 @@ async fn reopen_finishes_an_interrupted_install() {
         .expect("read")
         .expect("the snapshot survives the restart");
     assert_eq!(current.meta, snap.meta);
+    assert_eq!(
+        current.snapshot.into_bytes().await.expect("read the file"),
+        data
+    );
 }
 
 /// Damaged snapshot data is refused before anything is persisted.
@@ -78,12 +83,15 @@ async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
         .await
         .expect("build");
     let before = reader.head().expect("read");
-    let mut data = snap.snapshot.into_inner();
+    let mut data = snap.snapshot.into_bytes().await.expect("read the snapshot");
     data.truncate(data.len() - 3);
     snap.meta.last_log_id = Some(crate::common::log_id(9, 99));
     snap.meta.snapshot_id = "damaged".into();
     assert!(sm
-        .install_snapshot(&snap.meta, Box::new(Cursor::new(data)))
+        .install_snapshot(
+            &snap.meta,
+            Box::new(bizra_consensus::SnapshotData::in_memory(data)),
+        )
         .await
         .is_err());
     assert_eq!(reader.head().expect("read"), before);

@@ -206,6 +206,7 @@ fn snapshot_file_round_trips_and_detects_damage() {
     let store = Store::open(dir.path()).expect("a fresh store opens");
     let file = store.snapshot_file();
     assert!(file.load().expect("no file is not an error").is_none());
+    assert!(file.open_data().expect("no file is not an error").is_none());
     let meta = SnapshotMetaOf {
         last_log_id: Some(log_id(3, 30)),
         last_membership: MembershipOf::default(),
@@ -215,6 +216,49 @@ fn snapshot_file_round_trips_and_detects_damage() {
     let (m, d) = file.load().expect("load").expect("saved");
     assert_eq!((m, d.as_slice()), (meta.clone(), &b"state bytes"[..]));
     assert_eq!(file.load_meta().expect("meta"), Some(meta.clone()));
+    // The same data through an open handle, positioned at its start.
+    let (m, mut handle, len) = file.open_data().expect("open").expect("saved");
+    let mut d = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut handle, len), &mut d).expect("read");
+    assert_eq!((m, d.as_slice()), (meta.clone(), &b"state bytes"[..]));
+    // Written in pieces, as an export writes it: the same file.
+    let bytes_before = std::fs::read(dir.path().join("snapshot.current")).expect("read");
+    let newer = SnapshotMetaOf {
+        last_log_id: Some(log_id(3, 31)),
+        snapshot_id: "3-31".into(),
+        ..meta.clone()
+    };
+    assert!(file
+        .save_with(&newer, |w, path| {
+            for piece in [&b"state "[..], &b"bytes"[..]] {
+                w.write_all(piece)
+                    .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
+            }
+            Ok(())
+        })
+        .expect("save"));
+    assert!(file
+        .save(&meta, b"state bytes")
+        .is_ok_and(|written| !written));
+    assert_eq!(file.load().expect("load").expect("saved").1, b"state bytes");
+    assert_ne!(
+        std::fs::read(dir.path().join("snapshot.current")).expect("read"),
+        bytes_before
+    );
+    // A failing writer leaves the stored snapshot as it was.
+    let newest = SnapshotMetaOf {
+        last_log_id: Some(log_id(3, 40)),
+        snapshot_id: "3-40".into(),
+        ..meta.clone()
+    };
+    assert!(file
+        .save_with(&newest, |_, _| Err(StorageError::Corrupt("no".into())))
+        .is_err());
+    assert_eq!(
+        file.load_meta().expect("meta").map(|m| m.snapshot_id),
+        Some("3-31".into())
+    );
+    let meta = newer;
 
     // An older snapshot (a slow build finishing late) never replaces it.
     let older = SnapshotMetaOf {
@@ -231,6 +275,7 @@ fn snapshot_file_round_trips_and_detects_damage() {
     bytes[mid] ^= 1;
     std::fs::write(&path, bytes).expect("rewrite");
     assert!(matches!(file.load(), Err(StorageError::Corrupt(_))));
+    assert!(matches!(file.open_data(), Err(StorageError::Corrupt(_))));
 }
 
 /// Writes the state tables of a data-format-2 store: sled's `state` tree
