@@ -259,8 +259,9 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     bizra_crypto::codec::decode(bytes).map_err(|e| StorageError::codec(what, e))
 }
 
-fn put(pairs: &mut Pairs, k: impl AsRef<[u8]>, v: impl Into<Vec<u8>>) {
-    pairs.push((k.as_ref().to_vec(), v.into()));
+/// Hands one pair of an update to `sink` (a batch being built).
+fn put(sink: &mut dyn FnMut(&[u8], &[u8]), k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
+    sink(k.as_ref(), v.as_ref());
 }
 
 fn u64_of(what: &str, bytes: &[u8]) -> Result<u64> {
@@ -437,15 +438,13 @@ impl StateTables {
     /// this returns.
     pub fn commit(&self, update: StateUpdate) -> Result<()> {
         let mut batch = Batch::new(self);
-        for (k, v) in self.writes_of(update)? {
-            batch.insert(k, v);
-        }
+        self.write_update(update, &mut |k, v| batch.insert(k, v))?;
         batch.commit()
     }
 
-    /// The key/value pairs [`StateTables::commit`] writes for `update`.
-    fn writes_of(&self, update: StateUpdate) -> Result<Pairs> {
-        let mut batch = Pairs::new();
+    /// Hands the key/value pairs [`StateTables::commit`] writes for
+    /// `update` to `batch`, one by one, without collecting them first.
+    fn write_update(&self, update: StateUpdate, batch: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         if let Some(block) = update.block {
             let height = block.header.height;
             let mut ids = Vec::with_capacity(block.attestations.len());
@@ -454,12 +453,12 @@ impl StateTables {
                     StorageError::Corrupt("block with over 2^32 attestations".into())
                 })?;
                 put(
-                    &mut batch,
+                    batch,
                     key::index(key::BY_ATTESTER, &att.attester, height, index),
                     id,
                 );
                 put(
-                    &mut batch,
+                    batch,
                     key::index(key::BY_POI, &att.poi_hash, height, index),
                     id,
                 );
@@ -470,7 +469,7 @@ impl StateTables {
                     block_hash: block.hash,
                 };
                 put(
-                    &mut batch,
+                    batch,
                     key::hash_key(key::ATTESTATION, &id),
                     encode("attestation record", &record)?,
                 );
@@ -485,17 +484,13 @@ impl StateTables {
                 hash: block.hash,
                 ids,
             };
+            put(batch, key::block(height), encode("block record", &stored)?);
             put(
-                &mut batch,
-                key::block(height),
-                encode("block record", &stored)?,
-            );
-            put(
-                &mut batch,
+                batch,
                 key::hash_key(key::BLOCK_HASH, &block.hash),
                 height.to_be_bytes(),
             );
-            put(&mut batch, key::HEAD, encode("head", &head)?);
+            put(batch, key::HEAD, encode("head", &head)?);
         }
         if let Some(m) = update.membership {
             let from_height = self.head_ref()?.map(|h| h.height).unwrap_or(0) + 1;
@@ -513,15 +508,15 @@ impl StateTables {
             let mut k = [0u8; 9];
             k[0] = key::VOTER_SET;
             k[1..].copy_from_slice(&from_height.to_be_bytes());
-            put(&mut batch, &k[..], encode("voter set change", &change)?);
-            put(&mut batch, key::MEMBERSHIP, encode("membership", &m)?);
+            put(batch, &k[..], encode("voter set change", &change)?);
+            put(batch, key::MEMBERSHIP, encode("membership", &m)?);
         }
         put(
-            &mut batch,
+            batch,
             key::APPLIED,
             encode("last applied log id", &Some(update.applied))?,
         );
-        Ok(batch)
+        Ok(())
     }
 
     /// Makes every commit so far durable (fsync of fjall's journal). The
@@ -553,13 +548,19 @@ impl StateTables {
         batch.commit()
     }
 
+    /// Adds the removal of every key to `batch`.
+    fn remove_all(&self, batch: &mut Batch<'_>) -> Result<()> {
+        for k in self.tables.keys() {
+            batch.remove(k.map_err(|e| self.err("read", e))?);
+        }
+        Ok(())
+    }
+
     /// Removes every key in one batch: a move from an older store that was
     /// interrupted starts over.
     pub(crate) fn clear(&self) -> Result<()> {
         let mut batch = Batch::new(self);
-        for k in self.tables.keys() {
-            batch.remove(k.map_err(|e| self.err("read", e))?);
-        }
+        self.remove_all(&mut batch)?;
         batch.commit()
     }
 
@@ -596,9 +597,7 @@ impl StateTables {
         membership: &MembershipOf,
     ) -> Result<()> {
         let mut batch = Batch::new(self);
-        for k in self.tables.keys() {
-            batch.remove(k.map_err(|e| self.err("read", e))?);
-        }
+        self.remove_all(&mut batch)?;
         for (k, v) in snapshot.pairs {
             batch.insert(k, v);
         }
@@ -963,9 +962,9 @@ mod measure {
             &tables,
             |u| {
                 let mut batch = sled::Batch::default();
-                for (k, v) in tables.writes_of(u).expect("pairs") {
-                    batch.insert(k, v);
-                }
+                tables
+                    .write_update(u, &mut |k, v| batch.insert(k, v))
+                    .expect("pairs");
                 tree.apply_batch(batch).expect("write");
             },
             |k| {

@@ -258,8 +258,6 @@ impl DiskSync {
 
 impl SyncRound for DiskSync {
     fn sync(&mut self, observer: Option<&dyn SyncObserver>) -> io::Result<()> {
-        // Writes sled's IO buffers and waits for them (sync_file_range).
-        // The I/O error itself, not a wrapper: its kind says "disk full".
         // The state tables first: nothing this round makes durable in sled
         // (finality records, the purge point) may be ahead of them.
         if let Some(state) = &self.state {
@@ -269,6 +267,8 @@ impl SyncRound for DiskSync {
                 o.fdatasync(SyncedFile::State, started.elapsed());
             }
         }
+        // Writes sled's IO buffers and waits for them (sync_file_range).
+        // The I/O error itself, not a wrapper: its kind says "disk full".
         self.db.flush().map_err(crate::fault::sled_io)?;
         // Makes them durable (drive cache flush, size metadata).
         fdatasync(&self.db_file, SyncedFile::Sled, observer)?;
