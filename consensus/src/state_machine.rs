@@ -167,29 +167,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (data, bytes) = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             // Straight into the file: memory stays at one chunk.
-            let written = store
+            let saved = store
                 .snapshot_file()
                 .save_with(&file_meta, |w, path| view.export_to(w, path))?;
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
-                written,
+                written = saved.is_some(),
                 "state tables exported for a snapshot"
             );
-            // Read back through the file, unless a snapshot at least as new
-            // was installed meanwhile (not written) or replaced this one
-            // since: this one is still valid, and rare, so from memory.
-            match store.snapshot_file().open_data()? {
-                Some((stored, file, len))
-                    if written
-                        && stored.last_log_id == file_meta.last_log_id
-                        && stored.snapshot_id == file_meta.snapshot_id =>
-                {
+            match saved {
+                // Read back through the file that was just written.
+                Some((file, len)) => {
                     let data = SnapshotData::from_file(file, len).map_err(|e| {
                         DiskError::Corrupt(format!("snapshot file: cannot read it: {e}"))
                     })?;
                     Ok((data, len))
                 }
-                _ => {
+                // A snapshot at least as new was installed meanwhile; this
+                // one is still valid, and rare, so from memory.
+                None => {
                     let bytes = view.export()?;
                     let len = bytes.len() as u64;
                     Ok::<_, DiskError>((SnapshotData::in_memory(bytes), len))

@@ -16,7 +16,7 @@
 //! was purged behind the newer one).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -64,28 +64,32 @@ impl SnapshotFile {
     /// nothing is written and `false` is returned). Blocking file IO: call
     /// it from a blocking thread.
     pub fn save(&self, meta: &SnapshotMetaOf, data: &[u8]) -> Result<bool> {
-        self.save_with(meta, |w, path| {
+        let saved = self.save_with(meta, |w, path| {
             w.write_all(data)
                 .map_err(|e| StorageError::io("write", path, e))
-        })
+        })?;
+        Ok(saved.is_some())
     }
 
     /// As [`SnapshotFile::save`], with the data written by `write` straight
     /// into the file (through a buffer and the checksum), so a snapshot of
     /// any size costs a buffer's worth of memory. `write` is given the
     /// temporary file's path to name in its errors; an error leaves the
-    /// current snapshot as it was.
+    /// current snapshot as it was. Returns `None` where `save` returns
+    /// `false`, else the written file, open and positioned at the data's
+    /// start, with the data's length: what was just written and hashed
+    /// need not be opened and checked again.
     pub fn save_with(
         &self,
         meta: &SnapshotMetaOf,
         write: impl FnOnce(&mut dyn Write, &Path) -> Result<()>,
-    ) -> Result<bool> {
+    ) -> Result<Option<(File, u64)>> {
         // A panic in another save cannot leave this lock guarding broken
         // data: the files are checked on load.
         let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(Some(current)) = self.load_meta() {
             if current.last_log_id >= meta.last_log_id {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let meta_bytes = bizra_crypto::codec::encode(meta)
@@ -101,7 +105,13 @@ impl SnapshotFile {
         let tmp = self.dir.join(TMP);
         let current = self.dir.join(CURRENT);
         let io = |e| StorageError::io("write + fsync", &tmp, e);
-        let f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io("create", &tmp, e))?;
         let mut out = HashingWriter {
             inner: std::io::BufWriter::with_capacity(1 << 20, f),
             hasher: blake3::Hasher::new(),
@@ -112,11 +122,16 @@ impl SnapshotFile {
         let mut f = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
         f.write_all(digest.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
-        drop(f);
+        let data_len = f
+            .stream_position()
+            .map_err(io)?
+            .saturating_sub(head.len() as u64 + 32);
+        f.seek(std::io::SeekFrom::Start(head.len() as u64))
+            .map_err(io)?;
         std::fs::rename(&tmp, &current)
             .map_err(|e| StorageError::io("rename snapshot.tmp to", &current, e))?;
         sync_dir(&self.dir)?;
-        Ok(true)
+        Ok(Some((f, data_len)))
     }
 
     /// The stored snapshot's meta only (header read, checksum not
@@ -137,7 +152,7 @@ impl SnapshotFile {
     /// data is not held in memory. The handle keeps reading this snapshot
     /// even if a newer one replaces the file meanwhile. Blocking file IO.
     pub fn open_data(&self) -> Result<Option<(SnapshotMetaOf, File, u64)>> {
-        use std::io::{Seek, SeekFrom};
+        use std::io::SeekFrom;
         let path = self.dir.join(CURRENT);
         let corrupt = |why: &str| StorageError::Corrupt(format!("{}: {why}", path.display()));
         let io = |e| StorageError::io("read", &path, e);

@@ -228,7 +228,7 @@ fn snapshot_file_round_trips_and_detects_damage() {
         snapshot_id: "3-31".into(),
         ..meta.clone()
     };
-    assert!(file
+    let (mut handle, len) = file
         .save_with(&newer, |w, path| {
             for piece in [&b"state "[..], &b"bytes"[..]] {
                 w.write_all(piece)
@@ -236,7 +236,12 @@ fn snapshot_file_round_trips_and_detects_damage() {
             }
             Ok(())
         })
-        .expect("save"));
+        .expect("save")
+        .expect("written");
+    // The handle it returns reads the data just written.
+    let mut d = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut handle, len), &mut d).expect("read");
+    assert_eq!(d, b"state bytes");
     assert!(file
         .save(&meta, b"state bytes")
         .is_ok_and(|written| !written));
