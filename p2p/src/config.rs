@@ -101,6 +101,12 @@ pub struct Limits {
     /// Off, the service behaves like a release without them: it neither
     /// offers nor uses the protocol.
     pub request_streams: bool,
+    /// How long this node suppresses re-publishing identical bytes on a
+    /// topic, and how long gossipsub remembers a message id to deliver
+    /// each message once. Long enough for any message to cross the
+    /// validator set; a pending attestation is re-published no sooner
+    /// than this after its last publication. Tests shorten it.
+    pub gossip_dedupe_window: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +121,7 @@ impl Default for Limits {
             rejected_gossip_window: Duration::from_secs(60),
             misbehaviour_cooldown: Duration::from_secs(300),
             request_streams: true,
+            gossip_dedupe_window: crate::gossip::DEDUPE_WINDOW,
         }
     }
 }
@@ -206,6 +213,7 @@ pub(crate) fn check(cfg: P2pConfig, limits: Limits) -> Result<Checked, P2pError>
             limits.rejected_gossip_window,
         ),
         ("limits.misbehaviour_cooldown", limits.misbehaviour_cooldown),
+        ("limits.gossip_dedupe_window", limits.gossip_dedupe_window),
     ] {
         if value.is_zero() || value > MAX_TIMEOUT {
             return Err(invalid(
@@ -437,6 +445,13 @@ mod tests {
                     ..l
                 },
                 "limits.misbehaviour_cooldown",
+            ),
+            (
+                Limits {
+                    gossip_dedupe_window: Duration::ZERO,
+                    ..l
+                },
+                "limits.gossip_dedupe_window",
             ),
         ] {
             assert_eq!(err_key(base(), limits), key);

@@ -12,10 +12,19 @@
 //!   by gossipsub before anything else, so `from` in
 //!   [`P2pEvent::Gossip`](crate::P2pEvent::Gossip) is the author, not just
 //!   the neighbour that forwarded it.
-//! - **Message id = BLAKE3(domain ‖ author ‖ topic ‖ data)**, without the
-//!   sequence number: the same bytes from two validators are two messages,
-//!   and the same bytes published again by one validator are one message
-//!   (deduplicated for [`DEDUPE_WINDOW`] by sender and receivers alike).
+//! - **Message id = BLAKE3(domain ‖ author ‖ topic ‖ sequence number ‖
+//!   data)**: one publication is one message, however many validators
+//!   relay it. The sender itself does not publish the same bytes again
+//!   within the dedupe window ([`DEDUPE_WINDOW`] by default; see
+//!   [`content_key`]); after it, a re-publication is a new message and is
+//!   delivered again (the node deduplicates attestations and votes by
+//!   their own ids). The sequence number is in the id because gossipsub
+//!   0.50 forgets expired ids lazily: only when it inserts a new one, never
+//!   when it checks one. With ids over the bytes alone, a node that
+//!   published a pending attestation during a partition refused every
+//!   later re-publication of it as a duplicate until some other message
+//!   went by, so on a quiet network the attestation stayed stranded after
+//!   the partition healed.
 //! - **Every validator is an explicit peer.** gossipsub always sends to and
 //!   forwards to explicit peers and never builds a mesh with them, so with a
 //!   validator-only network a message floods every connected validator that
@@ -45,10 +54,11 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::error::P2pError;
 
-/// How long a published or received message id is remembered: identical
-/// bytes from the same author within this window are sent and delivered
-/// once. Long enough for any message to cross the validator set, short
-/// enough that a validator that missed a message gets a later re-publish.
+/// Default of [`Limits::gossip_dedupe_window`](crate::Limits::gossip_dedupe_window):
+/// identical bytes are published once within it, and a received message
+/// id is remembered that long. Long enough for any message to cross the
+/// validator set, short enough that a validator that missed a message
+/// gets a later re-publish.
 pub(crate) const DEDUPE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Room for gossipsub's framing around a payload of `max_gossip_bytes`.
@@ -70,8 +80,11 @@ pub(crate) const MAX_GOSSIP_LIMIT: usize = 256 << 20;
 /// peers), is not graylisted.
 pub(crate) const GRAYLIST_FACTOR: f64 = 4.0;
 
-/// Domain separation of message ids from every other BLAKE3 use.
-const MESSAGE_ID_DOMAIN: &[u8] = b"bizra/gossip-message-id/1";
+/// Domain separation of message ids from every other BLAKE3 use (version
+/// 2: the sequence number is part of the id).
+const MESSAGE_ID_DOMAIN: &[u8] = b"bizra/gossip-message-id/2";
+/// Domain separation of the sender's content keys.
+const CONTENT_KEY_DOMAIN: &[u8] = b"bizra/gossip-content-key/1";
 
 /// A gossip topic. Every node subscribes to both at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,31 +238,54 @@ impl Drop for Verdict {
 }
 
 /// The id of a message: BLAKE3 over the domain, the author's PeerId, the
-/// topic and the data, each but the last length-prefixed. The sequence
-/// number is left out on purpose (see the module documentation).
+/// topic, the sequence number (a flag byte, then 8 bytes if present) and
+/// the data, each variable part but the last length-prefixed (why the
+/// sequence number is in it: the module documentation).
 pub(crate) fn message_id(message: &gossipsub::Message) -> MessageId {
-    let author = message.source.map(|p| p.to_bytes()).unwrap_or_default();
-    let topic = message.topic.as_str().as_bytes();
+    MessageId::from(hash_message(
+        MESSAGE_ID_DOMAIN,
+        message.source.as_ref(),
+        &message.topic,
+        message.sequence_number,
+        &message.data,
+    ))
+}
+
+/// What the sender compares to suppress re-publishing identical bytes
+/// within the dedupe window: the author, topic and data, without a
+/// sequence number (gossipsub assigns that on publish). Local to the
+/// sender, and domain-separated from message ids.
+pub(crate) fn content_key(local: PeerId, topic: Topic, data: &[u8]) -> MessageId {
+    MessageId::from(hash_message(
+        CONTENT_KEY_DOMAIN,
+        Some(&local),
+        &topic.hash(),
+        None,
+        data,
+    ))
+}
+
+fn hash_message(
+    domain: &[u8],
+    author: Option<&PeerId>,
+    topic: &TopicHash,
+    sequence_number: Option<u64>,
+    data: &[u8],
+) -> Vec<u8> {
+    let author = author.map(|p| p.to_bytes()).unwrap_or_default();
+    let topic = topic.as_str().as_bytes();
     let mut hasher = blake3::Hasher::new();
-    hasher.update(MESSAGE_ID_DOMAIN);
+    hasher.update(domain);
     hasher.update(&(author.len() as u64).to_le_bytes());
     hasher.update(&author);
     hasher.update(&(topic.len() as u64).to_le_bytes());
     hasher.update(topic);
-    hasher.update(&message.data);
-    MessageId::from(hasher.finalize().as_bytes().to_vec())
-}
-
-/// The id a message we publish will get, to recognize re-publications
-/// before handing them to gossipsub.
-pub(crate) fn own_message_id(local: PeerId, topic: Topic, data: Vec<u8>) -> (MessageId, Vec<u8>) {
-    let message = gossipsub::Message {
-        source: Some(local),
-        data,
-        sequence_number: None,
-        topic: topic.hash(),
+    match sequence_number {
+        Some(n) => hasher.update(&[1]).update(&n.to_le_bytes()),
+        None => hasher.update(&[0]),
     };
-    (message_id(&message), message.data)
+    hasher.update(data);
+    hasher.finalize().as_bytes().to_vec()
 }
 
 /// gossipsub's peer-score parameters (see the module documentation):
@@ -303,6 +339,7 @@ pub(crate) fn behaviour<'a>(
     validators: impl Iterator<Item = &'a PeerId>,
     max_gossip_bytes: usize,
     (max_rejected, window): (u32, Duration),
+    dedupe_window: Duration,
 ) -> Result<gossipsub::Behaviour, P2pError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -310,7 +347,7 @@ pub(crate) fn behaviour<'a>(
         .message_id_fn(message_id)
         // `max_gossip_bytes` itself is enforced on publish and on receipt.
         .max_transmit_size(max_gossip_bytes.saturating_add(FRAME_OVERHEAD))
-        .duplicate_cache_time(DEDUPE_WINDOW)
+        .duplicate_cache_time(dedupe_window)
         .build()
         .map_err(|e| P2pError::Setup(format!("gossipsub configuration: {e}")))?;
     let mut gossipsub = gossipsub::Behaviour::new(
@@ -361,23 +398,27 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_separate_authors_and_topics_not_sequence_numbers() {
+    fn message_ids_separate_publications_content_keys_separate_bytes() {
         let base = message_id(&msg(1, Topic::Attestations, b"x", 1));
-        // Same author, same bytes, a later publication: the same message.
-        assert_eq!(base, message_id(&msg(1, Topic::Attestations, b"x", 2)));
-        // Another author, topic or payload: another message.
+        // The same publication relayed by anyone: the same message.
+        assert_eq!(base, message_id(&msg(1, Topic::Attestations, b"x", 1)));
+        // A later publication of the same bytes, another author, topic or
+        // payload: another message.
+        assert_ne!(base, message_id(&msg(1, Topic::Attestations, b"x", 2)));
         assert_ne!(base, message_id(&msg(2, Topic::Attestations, b"x", 1)));
         assert_ne!(base, message_id(&msg(1, Topic::Finality, b"x", 1)));
         assert_ne!(base, message_id(&msg(1, Topic::Attestations, b"y", 1)));
-        // What the sender predicts is what everyone computes.
+        // The sender's content key ignores the sequence number, and is
+        // never a message id.
         let (keypair, _) = keypair_from_seed(&[1; 32]).unwrap();
-        let (own, data) = own_message_id(
-            keypair.public().to_peer_id(),
-            Topic::Attestations,
-            b"x".to_vec(),
-        );
-        assert_eq!(own, base);
-        assert_eq!(data, b"x");
+        let local = keypair.public().to_peer_id();
+        let key = content_key(local, Topic::Attestations, b"x");
+        assert_eq!(key, content_key(local, Topic::Attestations, b"x"));
+        assert_ne!(key, content_key(local, Topic::Attestations, b"y"));
+        assert_ne!(key, content_key(local, Topic::Finality, b"x"));
+        let mut unsequenced = msg(1, Topic::Attestations, b"x", 1);
+        unsequenced.sequence_number = None;
+        assert_ne!(key, message_id(&unsequenced));
     }
 
     #[test]
@@ -398,7 +439,14 @@ mod tests {
             assert!(-f64::from(max).powi(2) > thresholds.graylist_threshold);
         }
         let (keypair, _) = keypair_from_seed(&[1; 32]).unwrap();
-        assert!(behaviour(&keypair, [].iter(), 1024, (20, Duration::from_secs(60))).is_ok());
+        assert!(behaviour(
+            &keypair,
+            [].iter(),
+            1024,
+            (20, Duration::from_secs(60)),
+            DEDUPE_WINDOW
+        )
+        .is_ok());
     }
 
     #[test]

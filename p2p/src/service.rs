@@ -36,7 +36,7 @@ use crate::codec::{FrameCodec, WireResponse, PROTOCOL, STREAM_PROTOCOL};
 use crate::conduct::Conduct;
 use crate::config::{check_port_free, Checked};
 use crate::error::{P2pError, Refusal};
-use crate::gossip::{self, Topic, Verdict, VerdictCmd, DEDUPE_WINDOW};
+use crate::gossip::{self, Topic, Verdict, VerdictCmd};
 use crate::handle::{
     ConductReport, CutOffPeer, HandleParts, P2pEvent, P2pHandle, PeerInfo, ReplyWay, Responder,
 };
@@ -205,11 +205,12 @@ struct SwarmTask {
     /// Publications waiting for new peers' subscriptions, oldest first.
     deferred: VecDeque<Deferred>,
     deferred_bytes: usize,
-    /// Ids of our publications that went out, with when, oldest first
-    /// (re-publications within [`DEDUPE_WINDOW`] are not handed to
-    /// gossipsub, which would refuse them and log a warning).
+    /// Content keys ([`gossip::content_key`]) of our publications that
+    /// went out, with when, oldest first: identical bytes are not published
+    /// again within `dedupe_window`.
     published: VecDeque<(Instant, MessageId)>,
     published_ids: HashSet<MessageId>,
+    dedupe_window: Duration,
     /// Outbound requests waiting for their answer.
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, P2pError>>>,
     events: mpsc::Sender<P2pEvent>,
@@ -304,6 +305,7 @@ pub(crate) async fn start(cfg: Checked) -> Result<(P2pHandle, mpsc::Receiver<P2p
         deferred_bytes: 0,
         published: VecDeque::new(),
         published_ids: HashSet::new(),
+        dedupe_window: limits.gossip_dedupe_window,
         pending: HashMap::new(),
         events: event_tx,
         responses: response_tx,
@@ -371,6 +373,7 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
             cfg.limits.max_rejected_gossip,
             cfg.limits.rejected_gossip_window,
         ),
+        cfg.limits.gossip_dedupe_window,
     )?;
     let ping = ping::Behaviour::new(
         ping::Config::new()
@@ -1155,10 +1158,10 @@ impl SwarmTask {
     /// Hands one publication to gossipsub.
     fn publish_now(&mut self, topic: Topic, data: Vec<u8>) -> Result<(), P2pError> {
         let size = data.len();
-        let (id, data) = gossip::own_message_id(self.local_peer_id, topic, data);
-        if self.published_ids.contains(&id) {
-            tracing::debug!(%topic, size, message_id = %id,
-                "identical gossip went out less than {DEDUPE_WINDOW:?} ago; not sent again");
+        let key = gossip::content_key(self.local_peer_id, topic, &data);
+        if self.published_ids.contains(&key) {
+            tracing::debug!(%topic, size, window = ?self.dedupe_window,
+                "identical gossip went out less than the dedupe window ago; not sent again");
             return Ok(());
         }
         match self
@@ -1169,8 +1172,8 @@ impl SwarmTask {
         {
             Ok(id) => {
                 tracing::trace!(%topic, size, message_id = %id, "gossip published");
-                self.published_ids.insert(id.clone());
-                self.published.push_back((Instant::now(), id));
+                self.published_ids.insert(key.clone());
+                self.published.push_back((Instant::now(), key));
                 Ok(())
             }
             Err(PublishError::NoPeersSubscribedToTopic) => {
@@ -1178,6 +1181,8 @@ impl SwarmTask {
                     "no validator has subscribed to the topic yet; gossip not sent");
                 Ok(())
             }
+            // Not expected: every publication has a new sequence number,
+            // which is part of the message id.
             Err(PublishError::Duplicate) => Ok(()),
             Err(PublishError::MessageTooLarge) => Err(P2pError::TooLarge {
                 size,
@@ -1192,10 +1197,10 @@ impl SwarmTask {
         }
     }
 
-    /// Forgets our publications older than [`DEDUPE_WINDOW`].
+    /// Forgets our publications older than the dedupe window.
     fn forget_published(&mut self, now: Instant) {
         while let Some((at, _)) = self.published.front() {
-            if now.duration_since(*at) < DEDUPE_WINDOW {
+            if now.duration_since(*at) < self.dedupe_window {
                 break;
             }
             if let Some((_, id)) = self.published.pop_front() {

@@ -99,6 +99,68 @@ fn holds_committed(cluster: &Cluster, i: usize, id: &str) -> bool {
         .is_ok_and(|v| matches!(v["status"].as_str(), Some("committed" | "finalized")))
 }
 
+/// Longest a pending attestation stranded on the minority side may take to
+/// commit once the partition heals: its node re-publishes it every 2 s,
+/// but identical bytes only once per gossip dedupe window (30 s), and the
+/// first publication happened during the partition.
+const STRANDED_COMMIT: Duration = Duration::from_secs(90);
+
+/// After a partition heals, settles the attestation that was submitted
+/// (`wait: none`) to the minority side, so that no block is still on its
+/// way when the chains are checked, and acknowledges it.
+///
+/// - Admitted there (answer `pending`), it must commit by itself: the
+///   minority's pools keep it and re-publish it until the new leader has
+///   it, with no resubmission by the client. (It used to stay stranded on a
+///   quiet network: gossipsub refused the re-publication as a duplicate,
+///   p2p/src/gossip.rs explains.)
+/// - Not admitted, or the answer was lost: the client resubmits it through
+///   the leader every running node agrees on, until committed (safe: the
+///   same attestation has the same id).
+///
+/// Either way every running node must then hold it at one place, and it is
+/// acknowledged: this and every later check require it there, once (the
+/// checker's `duplicate_id`). Left unsettled, it could commit between
+/// `wait_converged` and the checker's reads (a `head_mismatch` "after
+/// heal").
+fn settle_stranded(
+    cluster: &Cluster,
+    acked: &mut Acked,
+    stranded: &Value,
+    id: &str,
+    submitted: &bizra_testnet::Result<Value>,
+) {
+    let receipt = match submitted {
+        Ok(answer) if answer["status"] == "pending" => {
+            assert_eq!(answer["id"], json!(id), "stranded submission: {answer}");
+            let node = cluster.running()[0];
+            let stored = cluster
+                .wait_committed(node, id, STRANDED_COMMIT)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "the attestation admitted on the minority side never committed after \
+                         the partition healed: {e}"
+                    )
+                });
+            json!({
+                "id": id,
+                "status": "committed",
+                "height": stored["height"],
+                "index": stored["index"],
+                "block_hash": stored["block_hash"],
+            })
+        }
+        _ => {
+            let leader = cluster.leader(START).expect("leader after the heal");
+            commit(cluster, leader, stranded)
+        }
+    };
+    for i in cluster.running() {
+        assert_stored_as(cluster, i, id, &receipt);
+    }
+    acked.push((id.to_string(), receipt));
+}
+
 #[test]
 fn regions_survive_partition_pause_and_leader_kill() {
     let cluster = Cluster::start(spec()).unwrap_or_else(|e| panic!("start: {e}"));
@@ -135,8 +197,9 @@ fn regions_survive_partition_pause_and_leader_kill() {
     let stranded = valid(&cluster, &attester(), "regions-minority");
     let stranded_id = cluster.attestation_id(&stranded).expect("id");
     // Accepted into the old leader's log or refused: either way it must
-    // not commit anywhere while the partition lasts.
-    let _ = cluster.submit(minority[0], &stranded, "none");
+    // not commit anywhere while the partition lasts (after the heal,
+    // `settle_stranded` decides its fate before anything is checked).
+    let stranded_submit = cluster.submit(minority[0], &stranded, "none");
     std::thread::sleep(MINORITY_WINDOW);
     // No connection crosses the partition (the p2p layer must not reach a
     // peer by any address other than its configured proxy link).
@@ -161,6 +224,13 @@ fn regions_survive_partition_pause_and_leader_kill() {
         );
     }
     cluster.heal();
+    settle_stranded(
+        &cluster,
+        &mut acked,
+        &stranded,
+        &stranded_id,
+        &stranded_submit,
+    );
     check_safety(&cluster, &acked, "after heal");
 
     // Pause a follower: the rest commit; continued, it catches up.

@@ -91,6 +91,54 @@ async fn three_nodes_gossip_on_both_topics() {
     }
 }
 
+/// A publication the other side already has (it arrived during a
+/// partition, say) is published again after the dedupe window, with no
+/// other gossip in between, and is delivered again. gossipsub 0.50 forgets
+/// expired ids only when it inserts a new one: with ids over the bytes
+/// alone, the second publish was refused as a duplicate until unrelated
+/// gossip came by, and a pending attestation could stay stranded.
+#[tokio::test]
+async fn identical_bytes_are_delivered_again_after_the_dedupe_window_on_a_quiet_topic() {
+    let window = Duration::from_millis(500);
+    let limits = Limits {
+        gossip_dedupe_window: window,
+        ..Limits::default()
+    };
+    let (a, a_events) = spawn_with_limits(config(1, &[1, 2], vec![]), limits)
+        .await
+        .unwrap();
+    let (b, b_events) = spawn_with_limits(config(2, &[1, 2], vec![dial_addr(&a)]), limits)
+        .await
+        .unwrap();
+    let _a_seen = serve(a_events, echo);
+    let b_seen = serve(b_events, echo);
+    wait_linked(&a, &b).await;
+    let data = b"pending attestation".to_vec();
+    let copies = || {
+        gossip_seen(&b_seen)
+            .into_iter()
+            .filter(|(t, from, d)| *t == Topic::Attestations && *from == key(1) && *d == data)
+            .count()
+    };
+    a.publish(Topic::Attestations, data.clone()).await.unwrap();
+    eventually("the first publication at b", DELIVERY, || async {
+        copies() == 1
+    })
+    .await;
+    // Within the window: suppressed by the sender.
+    a.publish(Topic::Attestations, data.clone()).await.unwrap();
+    // Past it (and past gossipsub's expiry of the id), nothing else sent.
+    tokio::time::sleep(window * 3).await;
+    assert_eq!(copies(), 1, "re-published within the dedupe window");
+    a.publish(Topic::Attestations, data.clone()).await.unwrap();
+    eventually("the re-publication at b", DELIVERY, || async {
+        copies() == 2
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn publishing_right_after_connecting_reaches_the_new_peer() {
     for round in 0..3u8 {
