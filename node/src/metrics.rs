@@ -228,6 +228,12 @@ pub(crate) struct Metrics {
     pub(crate) admin_requests: Family<AdminLabels, Counter>,
     /// Gossip messages this node rejected (p2p conduct), set at scrape.
     pub(crate) gossip_rejected: Counter,
+    /// Attestation gossip messages this node published (first publication
+    /// and re-publication), and the attestations in them: their ratio is
+    /// the batch size, which sets gossip's per-message costs (signatures,
+    /// gossipsub's per-message records) per attestation.
+    pub(crate) gossip_batches: Counter,
+    pub(crate) gossip_batched: Counter,
     /// Validators cut off for rejected gossip, set at scrape.
     pub(crate) peer_cutoffs: Counter,
     /// Validators cut off now.
@@ -314,6 +320,8 @@ impl Metrics {
             auth_refused: Family::default(),
             admin_requests: Family::default(),
             gossip_rejected: Counter::default(),
+            gossip_batches: Counter::default(),
+            gossip_batched: Counter::default(),
             peer_cutoffs: Counter::default(),
             p2p_requests: Family::default(),
             peers_cut_off: Gauge::default(),
@@ -468,6 +476,16 @@ impl Metrics {
             "bizra_p2p_gossip_rejected",
             "Gossip messages from validators that this node rejected (bad attestation or vote)",
             m.gossip_rejected.clone(),
+        );
+        r.register(
+            "bizra_gossip_attestation_messages",
+            "Attestation gossip messages this node published, first publications and re-publications",
+            m.gossip_batches.clone(),
+        );
+        r.register(
+            "bizra_gossip_attestations_published",
+            "Attestations in the gossip messages this node published (divided by bizra_gossip_attestation_messages_total: the batch size)",
+            m.gossip_batched.clone(),
         );
         r.register(
             "bizra_p2p_peer_cutoffs",
