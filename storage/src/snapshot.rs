@@ -1,6 +1,7 @@
 //! The persisted state-machine snapshot: one file, replaced atomically.
 //!
-//! Owns: `dir/snapshot.current` and its temporary sibling. Must not: decide
+//! Owns: `dir/snapshot.current`, its temporary sibling, and the files that
+//! snapshots being received from the leader are written to. Must not: decide
 //! when to snapshot or what a snapshot contains (consensus writes it with
 //! [`TablesView::export_to`](crate::TablesView::export_to)); it only keeps
 //! the last one durably so that `get_current_snapshot` survives a restart
@@ -14,6 +15,18 @@
 //! Saves are serialized, and a save never replaces a snapshot with an older
 //! one (a slow build finishing after a newer install must not win: the log
 //! was purged behind the newer one).
+//!
+//! Receiving: [`SnapshotFile::create_receive_file`] gives each snapshot
+//! being received a file of its own in the same directory (so on the same
+//! filesystem, whose free space the node watches), created as
+//! `snapshot.recv` and unlinked at once. It is only a buffer: nothing is
+//! synced, and a crash, an abandoned transfer or the end of an install
+//! frees it with its last handle. Unlinked, two receives never share it: a
+//! leader that times out on a slow install sends the snapshot again from
+//! offset 0 while the first copy is still being installed, and a named
+//! file truncated under that install would corrupt it. Only a crash
+//! between the create and the unlink leaves `snapshot.recv`; the next open
+//! removes it.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -28,6 +41,7 @@ use crate::store::sync_dir;
 const MAGIC: &[u8; 12] = b"BIZRA-SNAP/1";
 const CURRENT: &str = "snapshot.current";
 const TMP: &str = "snapshot.tmp";
+const RECV: &str = "snapshot.recv";
 
 /// Snapshot metadata with this project's node id and node types.
 pub type SnapshotMetaOf = SnapshotMeta<u64, BasicNode>;
@@ -39,6 +53,9 @@ pub struct SnapshotFile {
     /// Held (on a blocking thread, never across an await) for the whole
     /// of a save, so two saves never share `snapshot.tmp`.
     saving: Mutex<()>,
+    /// Held from the create of `snapshot.recv` to its unlink, so two
+    /// receives never open the same file.
+    receiving: Mutex<()>,
 }
 
 impl SnapshotFile {
@@ -46,17 +63,50 @@ impl SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
             saving: Mutex::new(()),
+            receiving: Mutex::new(()),
         }
     }
 
-    /// Removes a temporary file left by a crash during [`SnapshotFile::save`].
+    /// The current snapshot's path (`snapshot.current`), to name in errors.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(CURRENT)
+    }
+
+    /// Removes the temporary files a crash can leave: `snapshot.tmp` (during
+    /// [`SnapshotFile::save`]) and `snapshot.recv` (during
+    /// [`SnapshotFile::create_receive_file`]). Neither is ever a snapshot
+    /// anything relies on.
     pub(crate) fn remove_leftover_tmp(&self) -> Result<()> {
-        let tmp = self.dir.join(TMP);
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io("remove", tmp, e)),
+        for name in [TMP, RECV] {
+            let path = self.dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", path, e)),
+            }
         }
+        Ok(())
+    }
+
+    /// A new, empty file, open for reading and writing, for the data of a
+    /// snapshot being received; it has no name left in the directory (see
+    /// the module docs), so it is removed when its last handle is closed.
+    /// Also returns the path it was created at, to name in errors.
+    /// Blocking file IO.
+    pub fn create_receive_file(&self) -> Result<(File, PathBuf)> {
+        // As in save_with: a panic elsewhere cannot leave this lock
+        // guarding broken data.
+        let _receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(RECV);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        std::fs::remove_file(&path).map_err(|e| StorageError::io("unlink", &path, e))?;
+        Ok((f, path))
     }
 
     /// Durably replaces the current snapshot with (`meta`, `data`), unless
