@@ -464,7 +464,7 @@ impl Metrics {
         );
         r.register(
             "bizra_process_resident_memory_bytes",
-            "Resident memory of this node's process (it grows with the database: see docs/PERFORMANCE.md, Memory)",
+            "Resident memory of this node's process (it grows while its caches fill: see docs/OPERATIONS.md, Disk check, Memory)",
             m.resident_memory.clone(),
         );
         r.register(

@@ -66,41 +66,50 @@ async fn reopen_finishes_an_interrupted_install() {
     );
 }
 
-/// Damaged snapshot data is refused before anything is persisted.
+/// Damaged snapshot data is refused before anything is persisted, whether
+/// it was received into memory or into a file (which is then left
+/// behind in neither case).
 #[tokio::test]
 async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let (_l, mut sm, reader) = bizra_consensus::open(dir.path(), chain())
-        .await
-        .expect("open");
-    sm.apply([normal(1, 1, proposal(vec![attestation(6, 1)]))])
-        .await
-        .expect("apply");
-    let mut snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    let before = reader.head().expect("read");
-    let mut data = snap.snapshot.into_bytes().await.expect("read the snapshot");
-    data.truncate(data.len() - 3);
-    snap.meta.last_log_id = Some(crate::common::log_id(9, 99));
-    snap.meta.snapshot_id = "damaged".into();
-    assert!(sm
-        .install_snapshot(
-            &snap.meta,
-            Box::new(bizra_consensus::SnapshotData::in_memory(data)),
-        )
-        .await
-        .is_err());
-    assert_eq!(reader.head().expect("read"), before);
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .expect("read")
-        .expect("the built snapshot");
-    assert_ne!(current.meta.snapshot_id, "damaged");
+    for into_file in [false, true] {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let (_l, mut sm, reader) = bizra_consensus::open(dir.path(), chain())
+            .await
+            .expect("open");
+        sm.apply([normal(1, 1, proposal(vec![attestation(6, 1)]))])
+            .await
+            .expect("apply");
+        let mut snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let before = reader.head().expect("read");
+        let mut data = snap.snapshot.into_bytes().await.expect("read the snapshot");
+        data.truncate(data.len() - 3);
+        snap.meta.last_log_id = Some(crate::common::log_id(9, 99));
+        snap.meta.snapshot_id = "damaged".into();
+        let received = if into_file {
+            let mut received = sm.begin_receiving_snapshot().await.expect("begin");
+            receive(&mut received, &data, 100).await;
+            received
+        } else {
+            Box::new(bizra_consensus::SnapshotData::in_memory(data))
+        };
+        assert!(
+            sm.install_snapshot(&snap.meta, received).await.is_err(),
+            "into a file: {into_file}"
+        );
+        assert_eq!(reader.head().expect("read"), before);
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("the built snapshot");
+        assert_ne!(current.meta.snapshot_id, "damaged");
+        assert_eq!(receive_files(dir.path()), Vec::<String>::new());
+    }
 }
 
 /// Writes `data` into `into` as openraft 0.9's receiver does: chunk by
@@ -194,39 +203,4 @@ async fn a_snapshot_received_into_a_file_installs_the_leaders_state() {
         assert_eq!(current.snapshot.into_bytes().await.expect("read"), data);
         assert_eq!(receive_files(dst.path()), Vec::<String>::new());
     }
-}
-
-/// Damaged data received into a file is refused before anything is
-/// persisted, and leaves no file behind.
-#[tokio::test]
-async fn a_damaged_snapshot_received_into_a_file_changes_nothing() {
-    let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let (_l, mut sm, reader) = bizra_consensus::open(dir.path(), chain())
-        .await
-        .expect("open");
-    sm.apply([normal(1, 1, proposal(vec![attestation(6, 1)]))])
-        .await
-        .expect("apply");
-    let mut snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    let before = reader.head().expect("read");
-    let mut data = snap.snapshot.into_bytes().await.expect("read the snapshot");
-    data.truncate(data.len() - 3);
-    snap.meta.last_log_id = Some(crate::common::log_id(9, 99));
-    snap.meta.snapshot_id = "damaged".into();
-    let mut received = sm.begin_receiving_snapshot().await.expect("begin");
-    receive(&mut received, &data, 100).await;
-    assert!(sm.install_snapshot(&snap.meta, received).await.is_err());
-    assert_eq!(reader.head().expect("read"), before);
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .expect("read")
-        .expect("the built snapshot");
-    assert_ne!(current.meta.snapshot_id, "damaged");
-    assert_eq!(receive_files(dir.path()), Vec::<String>::new());
 }
