@@ -60,6 +60,12 @@ pub(crate) fn spawn_node(name: &str, binary: &Path, config: &Path, log: &Path) -
             command.env_remove(&key);
         }
     }
+    // A node that cannot start prints its error on the last lines of its
+    // log, where the cluster reads why (a port taken in the meantime is
+    // retried). With RUST_BACKTRACE=1 in the caller's environment, anyhow
+    // added a backtrace after the error, pushing it out of those lines, so
+    // the retry never happened. Panics keep their backtraces.
+    command.env("RUST_LIB_BACKTRACE", "0");
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
