@@ -202,6 +202,11 @@ enum TestnetCommand {
         /// TOML value (e.g. `--set block.max_delay_ms=2`); repeatable.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
         set: Vec<(String, toml::Value)>,
+        /// Nodes dial each other's p2p ports directly instead of through
+        /// the fault proxy: no partition or latency faults, no region
+        /// RTTs, one loopback hop less (for benchmarks).
+        #[arg(long, conflicts_with_all = ["regions", "topology"])]
+        direct_p2p: bool,
     },
     /// Run a seeded fault schedule against a throwaway cluster under load,
     /// then check consistency; exits non-zero on any violation.
@@ -261,7 +266,8 @@ fn main() -> Result<()> {
                 topology,
                 dir,
                 set,
-            } => testnet::up(nodes, regions, topology, dir, set),
+                direct_p2p,
+            } => testnet::up(nodes, regions, topology, dir, set, direct_p2p),
             TestnetCommand::Fault(args) => testnet::fault(args),
             TestnetCommand::Chaos(args) => chaos::run(args),
         },

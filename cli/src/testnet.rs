@@ -16,12 +16,14 @@ pub(crate) fn up(
     topology: Option<PathBuf>,
     dir: PathBuf,
     set: Vec<(String, toml::Value)>,
+    direct_p2p: bool,
 ) -> Result<()> {
     let spec = match (regions, topology) {
         (Some(regions), _) => ClusterSpec::regions(&regions).context("--regions")?,
         (None, Some(path)) => ClusterSpec::from_topology_file(&path).context("--topology")?,
         (None, None) => ClusterSpec::new(usize::from(nodes)),
     };
+    let spec = spec.direct_p2p(direct_p2p);
     let spec = set.into_iter().fold(spec.dir(&dir), |spec, (key, value)| {
         spec.node_config(&key, value)
     });

@@ -675,6 +675,7 @@ fn apply_fault(cluster: &Cluster, f: &PlannedFault) -> Result<Held> {
             .partition(&[n], &others(cluster, n))
             .map(|()| Held::Nothing),
         FaultKind::Latency => {
+            cluster.require_proxy("latency")?;
             let mut saved = Vec::new();
             for j in others(cluster, n) {
                 for (a, b) in [(n, j), (j, n)] {

@@ -84,25 +84,32 @@ pub struct Cluster {
     children: Vec<Mutex<Option<Child>>>,
     /// True while node `i` is stopped with SIGSTOP by [`Cluster::pause`].
     paused: Vec<AtomicBool>,
-    /// The fault proxy every p2p connection between two nodes goes through.
+    /// The fault proxy every p2p connection between two nodes goes through
+    /// (no links with [`ClusterSpec::direct_p2p`]).
     net: Net,
     rpc: RpcClient,
 }
 
 /// The proxy runtime and one link per ordered pair of nodes:
 /// `links[a][b]` is what node `a` dials to reach node `b` (`None` on the
-/// diagonal).
+/// diagonal, and everywhere in a direct-p2p cluster, which has no proxy).
 #[derive(Debug)]
 struct Net {
     links: Vec<Vec<Option<Link>>>,
     /// Declared last: dropped after the links' handles.
-    _proxy: ProxyNet,
+    _proxy: Option<ProxyNet>,
 }
 
 impl Net {
     /// Binds a link for every ordered pair of `n` nodes. Targets are set
     /// once the nodes' ports are known ([`Net::retarget`]).
-    fn new(n: usize) -> Result<Net> {
+    fn new(n: usize, direct: bool) -> Result<Net> {
+        if direct {
+            return Ok(Net {
+                links: (0..n).map(|_| (0..n).map(|_| None).collect()).collect(),
+                _proxy: None,
+            });
+        }
         let proxy = ProxyNet::new()?;
         let placeholder = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         let links = (0..n)
@@ -114,7 +121,7 @@ impl Net {
             .collect::<Result<Vec<_>>>()?;
         Ok(Net {
             links,
-            _proxy: proxy,
+            _proxy: Some(proxy),
         })
     }
 
@@ -210,7 +217,8 @@ impl Cluster {
         let chain_id = genesis.chain_id();
         // Proxy listeners first: they stay bound, so the node ports chosen
         // next cannot collide with them.
-        let net = Net::new(nodes.len())?;
+        spec.check_direct_p2p()?;
+        let net = Net::new(nodes.len(), spec.direct_p2p)?;
         layout::assign_ports(&mut nodes)?;
         let children = nodes.iter().map(|_| Mutex::new(None)).collect();
         let paused = nodes.iter().map(|_| AtomicBool::new(false)).collect();
@@ -698,9 +706,28 @@ impl Cluster {
     }
 
     /// The fault-proxy link node `from` dials to reach node `to`, for
-    /// faults finer than the methods below (one direction, loss, jitter).
+    /// faults finer than the methods below (one direction, loss, jitter);
+    /// `None` for `from == to` and in a direct-p2p cluster.
     pub fn link(&self, from: usize, to: usize) -> Option<&Link> {
         self.net.links[from][to].as_ref()
+    }
+
+    /// True if the nodes dial each other directly ([`ClusterSpec::direct_p2p`]).
+    pub fn is_direct_p2p(&self) -> bool {
+        self.spec.direct_p2p
+    }
+
+    /// Fails a network fault on a direct-p2p cluster, which has no proxy
+    /// to apply it: a fault that silently did nothing would make a test
+    /// pass for the wrong reason.
+    pub(crate) fn require_proxy(&self, fault: &str) -> Result<()> {
+        if self.spec.direct_p2p {
+            return Err(TestnetError::InvalidSpec(format!(
+                "{fault}: this cluster's nodes dial each other directly (direct_p2p), \
+                 without the fault proxy that applies network faults"
+            )));
+        }
+        Ok(())
     }
 
     /// Freezes node `i` with SIGSTOP: its process exists, holds its ports
@@ -730,6 +757,7 @@ impl Cluster {
     /// connections close, new ones are refused). Links inside a side are
     /// untouched. [`Cluster::heal`] undoes every partition.
     pub fn partition(&self, side_a: &[usize], side_b: &[usize]) -> Result<()> {
+        self.require_proxy("partition")?;
         for &i in side_a.iter().chain(side_b) {
             if i >= self.len() {
                 return Err(TestnetError::InvalidSpec(format!(
@@ -768,6 +796,7 @@ impl Cluster {
     /// `region_b` (half on each direction), at runtime, open connections
     /// included. The same region twice sets the RTT inside it.
     pub fn set_latency(&self, region_a: &str, region_b: &str, rtt: Duration) -> Result<()> {
+        self.require_proxy("latency")?;
         for region in [region_a, region_b] {
             if !self.nodes.iter().any(|n| n.region == region) {
                 return Err(TestnetError::InvalidSpec(format!(

@@ -134,6 +134,13 @@ pub struct ClusterSpec {
     /// (e.g. `admission.queue_capacity`), so a test can run nodes with the
     /// limits it exercises.
     pub node_config: toml::Table,
+    /// Nodes dial each other's own p2p ports instead of going through the
+    /// fault proxy. For benchmarks: the proxy adds a loopback hop, a copy
+    /// of every p2p byte and ~0.3 ms per Raft round trip that a real
+    /// deployment (or etcd beside it) does not pay. Such a cluster has no
+    /// partitions, latency faults or region RTTs: asking for one is an
+    /// error, never a silent no-op.
+    pub direct_p2p: bool,
 }
 
 impl ClusterSpec {
@@ -158,6 +165,7 @@ impl ClusterSpec {
             rpc_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(15),
             node_config: toml::Table::new(),
+            direct_p2p: false,
         }
     }
 
@@ -236,6 +244,40 @@ impl ClusterSpec {
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
         self
+    }
+
+    /// Wires the nodes' p2p links directly, without the fault proxy (see
+    /// [`ClusterSpec::direct_p2p`]).
+    pub fn direct_p2p(mut self, direct: bool) -> Self {
+        self.direct_p2p = direct;
+        self
+    }
+
+    /// Refuses a direct-p2p spec that asks for what only the proxy can
+    /// do: an RTT between two of its nodes, jitter or loss.
+    pub(crate) fn check_direct_p2p(&self) -> Result<()> {
+        if !self.direct_p2p {
+            return Ok(());
+        }
+        let regions: Vec<&str> = (0..self.nodes).map(|i| self.region_of(i)).collect();
+        for (i, a) in regions.iter().enumerate() {
+            for b in &regions[i..] {
+                let rtt = self.rtt_between(a, b);
+                if !rtt.is_zero() {
+                    return Err(TestnetError::InvalidSpec(format!(
+                        "direct_p2p: regions {a} and {b} are {} ms apart, and only the \
+                         fault proxy can delay a link; drop direct_p2p or the regions",
+                        rtt.as_millis()
+                    )));
+                }
+            }
+        }
+        if !self.jitter.is_zero() || self.loss > 0.0 {
+            return Err(TestnetError::InvalidSpec(
+                "direct_p2p: jitter and loss need the fault proxy".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Sets the start (and restart) timeout.
@@ -552,5 +594,38 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(e.contains("latency"), "{e}");
+    }
+
+    #[test]
+    fn direct_p2p_refuses_what_only_the_proxy_can_do() {
+        assert!(ClusterSpec::new(3)
+            .direct_p2p(true)
+            .check_direct_p2p()
+            .is_ok());
+        // One region: no RTT between any two nodes.
+        let one = ClusterSpec::regions("eu:3")
+            .expect("parse")
+            .direct_p2p(true);
+        assert!(one.check_direct_p2p().is_ok());
+        let e = ClusterSpec::regions("eu:2,us:1")
+            .expect("parse")
+            .direct_p2p(true)
+            .check_direct_p2p()
+            .expect_err("regions with an RTT")
+            .to_string();
+        assert!(e.contains("direct_p2p") && e.contains("eu and us"), "{e}");
+        let e = ClusterSpec::new(3)
+            .loss(0.1)
+            .expect("loss")
+            .direct_p2p(true)
+            .check_direct_p2p()
+            .expect_err("loss")
+            .to_string();
+        assert!(e.contains("loss"), "{e}");
+        // Without direct_p2p the same specs are fine.
+        assert!(ClusterSpec::regions("eu:2,us:1")
+            .expect("parse")
+            .check_direct_p2p()
+            .is_ok());
     }
 }

@@ -160,10 +160,18 @@ pub fn run_up_with(mut spec: ClusterSpec, binary: Option<&Path>) -> Result<()> {
     // the nodes die with it through their parent-death signal.
     install_signal_handlers()?;
     let control = Control::open(cluster.dir())?;
-    println!(
-        "inject faults: bizra-node testnet fault --dir {} pause 2 | partition 1,2|3 | heal | latency eu us 120 | stress 1 | kill 1 | restart 1",
-        cluster.dir().display()
-    );
+    if cluster.is_direct_p2p() {
+        println!(
+            "inject faults: bizra-node testnet fault --dir {} pause 2 | stress 1 | kill 1 | restart 1 \
+             (p2p links are direct: no partition or latency)",
+            cluster.dir().display()
+        );
+    } else {
+        println!(
+            "inject faults: bizra-node testnet fault --dir {} pause 2 | partition 1,2|3 | heal | latency eu us 120 | stress 1 | kill 1 | restart 1",
+            cluster.dir().display()
+        );
+    }
     println!("press Ctrl-C to stop the cluster");
 
     let mut reported: Vec<bool> = vec![false; cluster.len()];

@@ -132,6 +132,57 @@ fn a_kept_dir_can_be_resumed() {
     assert_eq!(cluster.leader(TIMEOUT).expect("leader"), 0);
 }
 
+fn a_direct_p2p_cluster_dials_nodes_directly_and_refuses_network_faults() {
+    let cluster = Cluster::start(spec(3).direct_p2p(true)).expect("start");
+    assert!(cluster.is_direct_p2p());
+    assert_eq!(cluster.leader(TIMEOUT).expect("leader"), 0);
+    // Every peer a node dials is the other node's own p2p address.
+    for i in 0..3 {
+        let config: toml::Value =
+            toml::from_str(&std::fs::read_to_string(cluster.config_path(i)).expect("config"))
+                .expect("toml");
+        let peers: Vec<&str> = config["p2p"]["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p.as_str().expect("peer"))
+            .collect();
+        let want: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| cluster.p2p_addr(j))
+            .collect();
+        assert_eq!(peers, want, "node {i}");
+        for j in (0..3).filter(|&j| j != i) {
+            assert!(cluster.link(i, j).is_none());
+            assert_eq!(cluster.p2p_addr_via(i, j), cluster.p2p_addr(j));
+        }
+    }
+    // Network faults need the proxy: a clear error, not a silent no-op.
+    let e = cluster
+        .partition(&[0], &[1, 2])
+        .expect_err("partition")
+        .to_string();
+    assert!(e.contains("partition") && e.contains("direct"), "{e}");
+    let e = cluster
+        .set_latency("local", "local", Duration::from_millis(10))
+        .expect_err("latency")
+        .to_string();
+    assert!(e.contains("latency") && e.contains("direct"), "{e}");
+    // Process faults still work, and leadership still follows liveness.
+    cluster.kill(0).expect("kill");
+    assert_eq!(cluster.leader(TIMEOUT).expect("new leader"), 1);
+    // A direct cluster with region RTTs cannot be built.
+    let e = Cluster::start(
+        ClusterSpec::regions("eu:2,us:1")
+            .expect("regions")
+            .binary(std::env::current_exe().expect("exe"))
+            .direct_p2p(true),
+    )
+    .expect_err("regions with direct p2p")
+    .to_string();
+    assert!(e.contains("direct_p2p"), "{e}");
+}
+
 fn attestation_helpers_sign_for_the_cluster_chain() {
     let chain_id = bizra_crypto::chain_id("bizra-testnet-1").expect("chain id");
     let key = bizra_testnet::new_attester().expect("key");
@@ -311,6 +362,10 @@ const TESTS: &[(&str, fn())] = &[
         a_node_that_dies_at_start_is_reported_with_its_log,
     ),
     ("a_kept_dir_can_be_resumed", a_kept_dir_can_be_resumed),
+    (
+        "a_direct_p2p_cluster_dials_nodes_directly_and_refuses_network_faults",
+        a_direct_p2p_cluster_dials_nodes_directly_and_refuses_network_faults,
+    ),
     (
         "attestation_helpers_sign_for_the_cluster_chain",
         attestation_helpers_sign_for_the_cluster_chain,

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
+use bizra_testnet::{Cluster, ClusterSpec};
+
 use crate::support::{self, assert_stored_as, commit, CONVERGE, START};
 
 /// Header fields every node must agree on for a height (the finality
@@ -210,4 +212,30 @@ fn killed_leader_is_replaced_and_catches_up_after_restart() {
         receipt["height"].as_u64().expect("height") > head.0,
         "{receipt}"
     );
+}
+
+/// The wiring benchmarks use (`testnet up --direct-p2p`): nodes dial each
+/// other's own p2p ports, no fault proxy between them. Raft and gossip
+/// must work the same, so the benchmark measures the same node.
+#[test]
+fn a_direct_p2p_cluster_commits_on_every_node() {
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(support::START)
+            .direct_p2p(true),
+    )
+    .expect("start a direct-p2p cluster");
+    assert!(cluster.is_direct_p2p());
+    let key = support::attester();
+    let mut receipts = Vec::new();
+    for node in 0..cluster.len() {
+        let attestation = support::valid(&cluster, &key, &format!("direct-{node}"));
+        receipts.push(commit(&cluster, node, &attestation));
+    }
+    for receipt in &receipts {
+        for node in 0..cluster.len() {
+            assert_stored_as(&cluster, node, receipt["id"].as_str().expect("id"), receipt);
+        }
+    }
+    cluster.wait_converged(CONVERGE).expect("nodes converge");
 }
