@@ -34,7 +34,10 @@ fn attestations(n: usize) -> (bizra_crypto::Hash, Vec<Attestation>) {
 
 fn verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
-    for n in [64usize, 256, 1024] {
+    // The small sizes show where batching stops paying for itself: a
+    // node's admission verifies small client batches strictly (and
+    // remembers them for apply), large ones in one batch.
+    for n in [1usize, 4, 16, 64, 256, 1024] {
         let (chain, atts) = attestations(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("strict_single", n), &atts, |b, atts| {

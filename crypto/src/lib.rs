@@ -48,7 +48,7 @@ pub use block::BlockHeader;
 pub use error::{
     AttestationError, CertificateError, CodecError, CryptoError, HexError, ReceiptFailure,
 };
-pub use finality::{finality_message, Certificate, FinalityVote};
+pub use finality::{finality_message, Certificate, FinalityVote, VoterKeys};
 pub use genesis::{FinalityPolicy, Genesis, Policy, Validator, GENESIS_FORMAT};
 pub use ids::{chain_id, node_id, MAX_CHAIN_NAME_BYTES};
 pub use receipt::{verify_receipt_json, Receipt};

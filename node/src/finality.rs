@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bizra_consensus::ChainReader;
-use bizra_crypto::{codec, hex, Certificate, FinalityVote, Hash, SigningKey};
+use bizra_crypto::{codec, hex, Certificate, FinalityVote, Hash, SigningKey, VoterKeys};
 use bizra_p2p::{P2pHandle, Topic, Verdict};
 use bizra_storage::{
     DivergenceEvidence, FinalityTables, OwnVote, OwnVoteError, StorageError, VoteRecord,
@@ -78,6 +78,8 @@ const ANSWER_AGAIN_AFTER: Duration = Duration::from_secs(1);
 const MAX_ANSWERED: usize = 4096;
 /// Block hashes remembered, so checking a vote rarely decodes a block.
 const MAX_CACHED_HASHES: usize = 4096;
+/// Stored votes remembered as checked (see `Service::checked`).
+const MAX_CHECKED_VOTES: usize = 4096;
 
 /// One validator's vote with what it is for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +311,7 @@ pub(crate) fn finality<C: Chain, P: Publish>(
     };
     let service = Service {
         voting: config.voters.contains(&me),
+        keys: VoterKeys::new(&config.voters),
         config,
         tables,
         chain,
@@ -321,6 +324,8 @@ pub(crate) fn finality<C: Chain, P: Publish>(
         pending: BTreeMap::new(),
         pending_len: 0,
         hashes: BTreeMap::new(),
+        checked: BTreeMap::new(),
+        checked_len: 0,
         // A nonce, never interpreted: only makes re-publications differ
         // from earlier ones, including those of a previous run.
         round: crate::now_ms().max(1),
@@ -379,6 +384,16 @@ struct Service<C> {
     pending_len: usize,
     /// Recent local block hashes by height.
     hashes: BTreeMap<u64, Hash>,
+    /// The voters' keys, decompressed once.
+    keys: VoterKeys,
+    /// Votes stored for heights without a certificate yet, each checked
+    /// (or signed) by this process: building a certificate from them need
+    /// not verify their signatures again, and still never serves a vote
+    /// that was not verified (a vote read back from disk that is not here
+    /// is verified). Forgotten when the height is certified; the lowest
+    /// heights go first past [`MAX_CHECKED_VOTES`].
+    checked: BTreeMap<u64, Vec<(Hash, FinalityVote)>>,
+    checked_len: usize,
     round: u64,
     retry_cursor: u64,
     voted_at_last_tick: u64,
@@ -658,8 +673,9 @@ impl<C: Chain> Service<C> {
             if v.height == 0 {
                 return Ok(Err("a vote for height 0".into()));
             }
-            if v.vote
-                .verify(&self.config.chain_id, v.height, &v.block_hash)
+            if self
+                .keys
+                .verify(&v.vote, &self.config.chain_id, v.height, &v.block_hash)
                 .is_err()
             {
                 return Ok(Err(format!(
@@ -750,7 +766,10 @@ impl<C: Chain> Service<C> {
             .tables
             .record_vote(self.head, height, block_hash, vote)?
         {
-            VoteRecord::New => self.try_certify(height, block_hash),
+            VoteRecord::New => {
+                self.remember_checked(height, block_hash, vote);
+                self.try_certify(height, block_hash)
+            }
             VoteRecord::Known | VoteRecord::Certified | VoteRecord::TooFarAhead => Ok(()),
             VoteRecord::Conflicting { recorded } => {
                 // Only votes matching the local block are stored, so the
@@ -783,16 +802,42 @@ impl<C: Chain> Service<C> {
             votes,
         };
         // Every vote was checked when it arrived; checking the result too
-        // keeps a bug here from ever serving a bad certificate.
-        if let Err(e) = certificate.verify(&self.config.chain_id, voters, self.config.threshold) {
+        // keeps a bug here from ever serving a bad certificate. A vote
+        // this process checked is not verified a second time.
+        let (chain_id, keys) = (&self.config.chain_id, &self.keys);
+        let checked = self.checked.get(&height).map_or(&[][..], Vec::as_slice);
+        let checked_vote = |v: &FinalityVote| {
+            if checked.iter().any(|(h, c)| h == block_hash && c == v) {
+                return Ok(());
+            }
+            keys.verify(v, chain_id, height, block_hash)
+        };
+        if let Err(e) = certificate.verify_with(voters, self.config.threshold, checked_vote) {
             tracing::error!(height, error = %e, "built an invalid certificate; not storing it");
             return Ok(());
         }
         self.store(&certificate)
     }
 
+    /// Notes a checked vote that was just stored (see `checked`).
+    fn remember_checked(&mut self, height: u64, block_hash: &Hash, vote: &FinalityVote) {
+        if self.checked_len >= MAX_CHECKED_VOTES {
+            if let Some((_, lowest)) = self.checked.pop_first() {
+                self.checked_len -= lowest.len();
+            }
+        }
+        self.checked
+            .entry(height)
+            .or_default()
+            .push((*block_hash, vote.clone()));
+        self.checked_len += 1;
+    }
+
     fn store(&mut self, certificate: &Certificate) -> Result<(), StorageError> {
         let finalized = self.tables.store_certificate(certificate)?;
+        if let Some(forgotten) = self.checked.remove(&certificate.height) {
+            self.checked_len -= forgotten.len();
+        }
         self.finalized_tx.send_if_modified(|f| {
             let advanced = finalized > *f;
             if advanced {
@@ -858,11 +903,11 @@ impl<C: Chain> Service<C> {
         // Every certificate must be valid on its own (voters, signatures,
         // threshold), whatever this node makes of it below.
         for c in &certificates {
-            if let Err(e) = c.verify(
-                &self.config.chain_id,
-                &self.config.voters,
-                self.config.threshold,
-            ) {
+            let check = |v: &FinalityVote| {
+                self.keys
+                    .verify(v, &self.config.chain_id, c.height, &c.block_hash)
+            };
+            if let Err(e) = c.verify_with(&self.config.voters, self.config.threshold, check) {
                 return Ok(Err(format!("certificate for height {}: {e}", c.height)));
             }
         }
