@@ -232,6 +232,9 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Start(_) | Command::Testnet { .. }) {
+        exit_quietly_when_stdout_closes();
+    }
     match cli.command {
         Command::Init {
             data_dir,
@@ -271,6 +274,20 @@ fn main() -> Result<()> {
             TestnetCommand::Fault(args) => testnet::fault(args),
             TestnetCommand::Chaos(args) => chaos::run(args),
         },
+    }
+}
+
+/// Report commands end quietly when their reader goes away
+/// (`bizra-node blocks | head`), as other Unix tools do: Rust starts with
+/// SIGPIPE ignored, so a print to the closed pipe would panic instead.
+/// Not for `start` and `testnet`, long-running processes that must never
+/// die of a signal because a log reader left. Sockets are unaffected:
+/// std writes them with MSG_NOSIGNAL.
+fn exit_quietly_when_stdout_closes() {
+    // SAFETY: sets the disposition of one signal to its default, on the
+    // main thread before any other thread of this process exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -546,3 +546,45 @@ fn world_readable_admin_token_is_refused() {
         &["admin.token", "644", "chmod 600"],
     );
 }
+
+/// `bizra-node config show | head -0`: the reader is gone before the first
+/// write. The command ends by SIGPIPE, like other Unix tools, instead of
+/// panicking with a backtrace.
+#[test]
+fn a_report_command_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let err_path = dir.path().join("stderr");
+    let mut command = Command::new(binary());
+    command
+        .args(["config", "show"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BIZRA_") && name != bizra_testnet::NODE_BIN_ENV {
+            command.env_remove(name);
+        }
+    }
+    let mut guard = Guard(command.spawn().expect("spawn bizra-node"));
+    // Close this process's copy of the write end (held by `command`).
+    drop(command);
+    let deadline = Instant::now() + EXIT;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "config show did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGPIPE),
+        "{status:?}, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
