@@ -185,6 +185,8 @@ pub(crate) struct FinalityConfig {
     pub(crate) threshold: usize,
     /// This node's key; it votes if its public key is a voter.
     pub(crate) key: SigningKey,
+    /// Least time between two voting steps (`finality.vote_interval_ms`).
+    pub(crate) vote_interval: Duration,
 }
 
 /// Handle to the finality service, shared by RPC handlers and the p2p
@@ -332,6 +334,7 @@ pub(crate) fn finality<C: Chain, P: Publish>(
         retry_cursor: 0,
         voted_at_last_tick: 0,
         answered: HashMap::new(),
+        next_vote_at: None,
     };
     let task = async move {
         let publishing = publish_loop(publisher, out_rx, shutdown.clone());
@@ -345,6 +348,13 @@ pub(crate) fn finality<C: Chain, P: Publish>(
         tokio::join!(serving, publishing);
     };
     Ok((handle, task))
+}
+
+/// Sleeps until `at`, or returns at once for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// Publishes queued messages one at a time, so a slow peer never stalls
@@ -398,6 +408,9 @@ struct Service<C> {
     retry_cursor: u64,
     voted_at_last_tick: u64,
     answered: HashMap<u64, Instant>,
+    /// The next voting step waits until then (`vote_interval` after the
+    /// last one); `None`: at once.
+    next_vote_at: Option<Instant>,
 }
 
 /// Why a received message is refused (the peer broke the protocol).
@@ -412,11 +425,17 @@ impl<C: Chain> Service<C> {
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.voted < self.head {
+            // Pacing uses the monotonic clock as a rate limit only: what a
+            // vote says never depends on it.
+            let due = self.next_vote_at.is_none_or(|at| Instant::now() >= at);
+            if self.voted < self.head && due {
                 self.sign_next_chunk().await?;
                 self.drain_pending()?;
+                let interval = self.config.vote_interval;
+                self.next_vote_at = (!interval.is_zero()).then(|| Instant::now() + interval);
             }
             let behind = self.voted < self.head;
+            let vote_at = self.next_vote_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(()),
@@ -439,7 +458,7 @@ impl<C: Chain> Service<C> {
                     report(decision);
                 }
                 _ = retry.tick() => self.retry()?,
-                _ = std::future::ready(()), if behind => {}
+                _ = sleep_until_some(vote_at), if behind => {}
             }
         }
     }
@@ -1078,6 +1097,8 @@ mod tests {
         bus: mpsc::Sender<(usize, Vec<u8>)>,
         stop: watch::Sender<bool>,
         tasks: Vec<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+        /// `vote_interval` of services started from now on.
+        vote_interval: Duration,
     }
 
     impl Net {
@@ -1130,6 +1151,7 @@ mod tests {
                 drop_all,
                 bus,
                 stop,
+                vote_interval: Duration::ZERO,
             }
         }
 
@@ -1153,6 +1175,7 @@ mod tests {
                     voters: self.voters(),
                     threshold: self.threshold(),
                     key: self.keys[i].clone(),
+                    vote_interval: self.vote_interval,
                 },
                 self.stores[i].finality(),
                 self.chains[i].clone(),
@@ -1244,6 +1267,35 @@ mod tests {
                 .iter()
                 .all(|d| *d == Decision::Accept));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn voting_steps_are_paced_by_the_vote_interval() {
+        let mut net = Net::new(1);
+        // Far longer than the test: a second step can only come from a
+        // restart, which starts with no pacing.
+        net.vote_interval = Duration::from_secs(3600);
+        net.start(0);
+        // A block after a quiet spell is voted on at once.
+        net.chains[0].apply_to(1, honest);
+        net.wait_finalized(0, 1).await;
+        // The next ones wait for the interval: nothing more is signed.
+        net.chains[0].apply_to(3, honest);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(net.handle(0).finalized_height(), 1);
+        assert_eq!(
+            net.stores[0]
+                .finality()
+                .last_own_vote()
+                .expect("read")
+                .map(|v| v.height),
+            Some(1)
+        );
+        // One step signs everything applied since, in order.
+        net.stop(0).await;
+        net.start(0);
+        net.wait_finalized(0, 3).await;
+        net.assert_certified(0, 3, honest);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1386,6 +1438,7 @@ mod tests {
                 voters: net.voters(),
                 threshold: 2,
                 key: net.keys[0].clone(),
+                vote_interval: Duration::ZERO,
             },
             net.stores[0].finality(),
             chain.clone(),

@@ -242,6 +242,7 @@ pub async fn run_in(
             voters: genesis.voters(),
             threshold: genesis.threshold(),
             key: key.clone(),
+            vote_interval: Duration::from_millis(config.finality.vote_interval_ms),
         },
         finality_tables,
         reader.clone(),

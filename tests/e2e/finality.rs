@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bizra_crypto::{hex, verify_receipt_json, Certificate, FinalityVote};
-use bizra_testnet::{wait_until, Cluster, TestnetError};
+use bizra_testnet::{wait_until, Cluster, ClusterSpec, TestnetError};
 use serde_json::{json, Value};
 
 use crate::support::{self, commit, COMMIT, CONVERGE};
@@ -206,13 +206,31 @@ fn flip_hex(v: &mut Value) {
 
 #[test]
 fn every_block_gets_a_certificate_on_every_node() {
-    const COUNT: usize = 12;
-    let cluster = support::start(3);
+    every_block_certified(&support::start(3), 12, "finality-every");
+}
+
+/// With `finality.vote_interval_ms`, votes for several blocks are signed in
+/// one step; every block still gets its certificate everywhere.
+#[test]
+fn paced_votes_still_certify_every_block() {
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(support::START)
+            .node_config("finality.vote_interval_ms", 300),
+    )
+    .expect("start a cluster with paced votes");
+    every_block_certified(&cluster, 8, "finality-paced");
+}
+
+/// Commits `count` attestations round robin, then checks that every block
+/// up to the head is certified (and its attestations finalized) on every
+/// node.
+fn every_block_certified(cluster: &Cluster, count: usize, context: &str) {
     let key = support::attester();
     let mut ids = Vec::new();
-    for k in 0..COUNT {
-        let attestation = support::valid(&cluster, &key, &format!("finality-every-{k}"));
-        let receipt = commit(&cluster, k % cluster.len(), &attestation);
+    for k in 0..count {
+        let attestation = support::valid(cluster, &key, &format!("{context}-{k}"));
+        let receipt = commit(cluster, k % cluster.len(), &attestation);
         ids.push(receipt["id"].as_str().expect("id").to_string());
     }
     let (head, _) = cluster
@@ -220,10 +238,10 @@ fn every_block_gets_a_certificate_on_every_node() {
         .expect("nodes converge")
         .expect("a head");
     for node in 0..cluster.len() {
-        wait_finalized(&cluster, node, head, CONVERGE);
+        wait_finalized(cluster, node, head, CONVERGE);
         for height in 1..=head {
-            let block = wait_certified_block(&cluster, node, height, CONVERGE);
-            assert_certified(&cluster, node, &block);
+            let block = wait_certified_block(cluster, node, height, CONVERGE);
+            assert_certified(cluster, node, &block);
         }
         let finalized = cluster
             .call(node, "chain_head", json!([]))
