@@ -160,18 +160,15 @@ pub fn run_up_with(mut spec: ClusterSpec, binary: Option<&Path>) -> Result<()> {
     // the nodes die with it through their parent-death signal.
     install_signal_handlers()?;
     let control = Control::open(cluster.dir())?;
-    if cluster.is_direct_p2p() {
-        println!(
-            "inject faults: bizra-node testnet fault --dir {} pause 2 | stress 1 | kill 1 | restart 1 \
-             (p2p links are direct: no partition or latency)",
-            cluster.dir().display()
-        );
+    let faults = if cluster.is_direct_p2p() {
+        "pause 2 | stress 1 | kill 1 | restart 1 (p2p links are direct: no partition or latency)"
     } else {
-        println!(
-            "inject faults: bizra-node testnet fault --dir {} pause 2 | partition 1,2|3 | heal | latency eu us 120 | stress 1 | kill 1 | restart 1",
-            cluster.dir().display()
-        );
-    }
+        "pause 2 | partition 1,2|3 | heal | latency eu us 120 | stress 1 | kill 1 | restart 1"
+    };
+    println!(
+        "inject faults: bizra-node testnet fault --dir {} {faults}",
+        cluster.dir().display()
+    );
     println!("press Ctrl-C to stop the cluster");
 
     let mut reported: Vec<bool> = vec![false; cluster.len()];

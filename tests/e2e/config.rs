@@ -49,21 +49,15 @@ fn binary() -> PathBuf {
         .expect("the bizra-node binary (run `cargo build -p bizra-cli` or set BIZRA_NODE_BIN)")
 }
 
-/// Runs `bizra-node ARGS` in `dir` with `env` added to an environment from
-/// which any config variable of the test runner's own is removed; waits
-/// for it to exit (it is killed after [`EXIT`]).
-fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let out_path = dir.join(format!("cmd-{n}.stdout"));
-    let err_path = dir.join(format!("cmd-{n}.stderr"));
+/// `bizra-node ARGS` in `dir` with `env` added to an environment from
+/// which any config variable of the test runner's own is removed; stdin
+/// closed, stdout and stderr left to the caller.
+fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary());
     command
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LIB_BACKTRACE", "0");
     for (name, _) in std::env::vars_os() {
@@ -72,11 +66,15 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
         }
     }
     command.envs(env.iter().copied());
-    let mut guard = Guard(command.spawn().expect("spawn bizra-node"));
+    command
+}
+
+/// Waits for the process to exit; fails the test after [`EXIT`].
+fn wait_exit(guard: &mut Guard, args: &[&str]) -> std::process::ExitStatus {
     let deadline = Instant::now() + EXIT;
-    let status = loop {
+    loop {
         if let Some(status) = guard.0.try_wait().expect("wait for bizra-node") {
-            break status;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
@@ -84,7 +82,21 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
             args.join(" ")
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+/// Runs [`command`] and waits for it to exit (it is killed after [`EXIT`]).
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!("cmd-{n}.stdout"));
+    let err_path = dir.join(format!("cmd-{n}.stderr"));
+    let mut command = command(dir, args, env);
+    command
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut guard = Guard(command.spawn().expect("spawn bizra-node"));
+    let status = wait_exit(&mut guard, args);
     Outcome {
         success: status.success(),
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
@@ -557,29 +569,15 @@ fn a_report_command_ends_quietly_when_its_reader_is_gone() {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let err_path = dir.path().join("stderr");
-    let mut command = Command::new(binary());
+    let args = ["config", "show"];
+    let mut command = command(dir.path(), &args, &[]);
     command
-        .args(["config", "show"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
         .stdout(writer)
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BIZRA_") && name != bizra_testnet::NODE_BIN_ENV {
-            command.env_remove(name);
-        }
-    }
     let mut guard = Guard(command.spawn().expect("spawn bizra-node"));
     // Close this process's copy of the write end (held by `command`).
     drop(command);
-    let deadline = Instant::now() + EXIT;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "config show did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut guard, &args);
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert_eq!(
         status.signal(),
