@@ -128,6 +128,7 @@ pub async fn run_in(
         rejected_gossip_window: Duration::from_secs(config.p2p.rejected_gossip_window_s),
         misbehaviour_cooldown: Duration::from_secs(config.p2p.misbehaviour_cooldown_s),
         request_streams: config.p2p.request_streams,
+        sign_gossip: config.p2p.sign_gossip,
         ..Default::default()
     };
     let (p2p, p2p_events) = bizra_p2p::spawn_with_limits(

@@ -104,8 +104,11 @@ pub enum P2pEvent {
     Gossip {
         /// The topic it was published on.
         topic: Topic,
-        /// Public key of the validator that authored (signed) it: not
-        /// necessarily the neighbour that forwarded it.
+        /// Public key of the validator named as its author: not
+        /// necessarily the neighbour that forwarded it, and signed by that
+        /// validator only if it signs its gossip
+        /// ([`Limits::sign_gossip`](crate::Limits::sign_gossip)). Trust
+        /// the payload's own signatures, not this field.
         from: [u8; 32],
         /// The payload, at most `max_gossip_bytes` long.
         data: Vec<u8>,

@@ -374,6 +374,7 @@ fn build_swarm(cfg: &Checked) -> Result<Swarm<NodeBehaviour>, P2pError> {
             cfg.limits.rejected_gossip_window,
         ),
         cfg.limits.gossip_dedupe_window,
+        cfg.limits.sign_gossip,
     )?;
     let ping = ping::Behaviour::new(
         ping::Config::new()
@@ -1285,7 +1286,11 @@ impl SwarmTask {
             self.report(&id, &via, MessageAcceptance::Ignore);
             return;
         };
-        // Strict validation guarantees an authenticated author.
+        // The author as claimed: signed only if its sender signs gossip.
+        // Nothing here trusts it beyond the allow-list filter, which keeps
+        // honest relays from spreading outsiders' messages; the node
+        // checks every payload's own signatures, and rejections count
+        // against `via`, the neighbour that delivered the message.
         let author = message.source;
         let Some(from) = author.and_then(|a| self.allowed.get(&a).copied()) else {
             self.report(&id, &via, MessageAcceptance::Ignore);

@@ -1,6 +1,7 @@
-//! Gossip: delivery on both topics with the author's key, verdicts and
-//! forwarding, authors outside the allow-list, size limits, overload, and
-//! publishing right after a connection comes up.
+//! Gossip: delivery on both topics with the author's key, signing and
+//! non-signing validators together, verdicts and forwarding, authors
+//! outside the allow-list, size limits, overload, and publishing right
+//! after a connection comes up.
 
 use std::time::Duration;
 
@@ -97,6 +98,68 @@ async fn three_nodes_gossip_on_both_topics() {
 /// expired ids only when it inserts a new one: with ids over the bytes
 /// alone, the second publish was refused as a duplicate until unrelated
 /// gossip came by, and a pending attestation could stay stranded.
+/// A validator that signs its gossip (`sign_gossip`, as older releases
+/// always did) and ones that do not understand each other both ways, and
+/// relay each other's messages: how a cluster is upgraded.
+#[tokio::test]
+async fn signing_and_non_signing_validators_gossip_together() {
+    let all = [1, 2, 3];
+    let signed = Limits {
+        sign_gossip: true,
+        ..Limits::default()
+    };
+    assert!(
+        !Limits::default().sign_gossip,
+        "the default no longer signs"
+    );
+    // b and c dial only a and know no address of each other, so they hear
+    // each other only through a's relay (checked below).
+    let (a, a_events) = spawn_with_limits(config(1, &all, vec![]), signed)
+        .await
+        .unwrap();
+    let (b, b_events) = spawn(config(2, &all, vec![dial_addr(&a)])).await.unwrap();
+    let (c, c_events) = spawn(config(3, &all, vec![dial_addr(&a)])).await.unwrap();
+    let seen = [
+        serve(a_events, echo),
+        serve(b_events, echo),
+        serve(c_events, echo),
+    ];
+    wait_linked(&a, &b).await;
+    wait_linked(&a, &c).await;
+    for (i, h) in [&a, &b, &c].iter().enumerate() {
+        h.publish(Topic::Finality, payload(i as u8 + 1, Topic::Finality))
+            .await
+            .unwrap();
+    }
+    let expect = |node: usize, author: u8| {
+        has_gossip(
+            &seen[node],
+            Topic::Finality,
+            key(author),
+            &payload(author, Topic::Finality),
+        )
+    };
+    eventually(
+        "every validator's message at the others",
+        DELIVERY,
+        || async {
+            (0..3).all(|node| {
+                (1..=3u8).all(|author| author == node as u8 + 1 || expect(node, author))
+            })
+        },
+    )
+    .await;
+    assert!(!is_connected(&b, key(3)).await, "b and c linked directly");
+    // Nothing was held against anyone: a's signatures passed b's and c's
+    // checks, and their unsigned messages passed a's.
+    for h in [&a, &b, &c] {
+        assert_eq!(h.conduct().await.unwrap().rejected_gossip_total, 0);
+    }
+    for h in [&a, &b, &c] {
+        h.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn identical_bytes_are_delivered_again_after_the_dedupe_window_on_a_quiet_topic() {
     let window = Duration::from_millis(500);
