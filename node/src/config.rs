@@ -85,7 +85,7 @@ pub struct P2pSection {
     /// with one client; the attestations and votes inside are signed
     /// either way. Signed and unsigned validators understand each other,
     /// but older releases drop unsigned gossip: keep it on while any
-    /// validator runs one (docs/OPERATIONS.md, "Upgrades").
+    /// validator runs one (docs/OPERATIONS.md, section 8).
     pub sign_gossip: bool,
 }
 

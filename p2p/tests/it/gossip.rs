@@ -92,12 +92,6 @@ async fn three_nodes_gossip_on_both_topics() {
     }
 }
 
-/// A publication the other side already has (it arrived during a
-/// partition, say) is published again after the dedupe window, with no
-/// other gossip in between, and is delivered again. gossipsub 0.50 forgets
-/// expired ids only when it inserts a new one: with ids over the bytes
-/// alone, the second publish was refused as a duplicate until unrelated
-/// gossip came by, and a pending attestation could stay stranded.
 /// A validator that signs its gossip (`sign_gossip`, as older releases
 /// always did) and ones that do not understand each other both ways, and
 /// relay each other's messages: how a cluster is upgraded.
@@ -160,6 +154,12 @@ async fn signing_and_non_signing_validators_gossip_together() {
     }
 }
 
+/// A publication the other side already has (it arrived during a
+/// partition, say) is published again after the dedupe window, with no
+/// other gossip in between, and is delivered again. gossipsub 0.50 forgets
+/// expired ids only when it inserts a new one: with ids over the bytes
+/// alone, the second publish was refused as a duplicate until unrelated
+/// gossip came by, and a pending attestation could stay stranded.
 #[tokio::test]
 async fn identical_bytes_are_delivered_again_after_the_dedupe_window_on_a_quiet_topic() {
     let window = Duration::from_millis(500);
