@@ -257,6 +257,13 @@ mod tests {
             .collect()
     }
 
+    fn public_keys(signers: &[SigningKey]) -> Vec<[u8; 32]> {
+        signers
+            .iter()
+            .map(|k| k.verifying_key().to_bytes())
+            .collect()
+    }
+
     fn cert(signers: &[SigningKey]) -> Certificate {
         Certificate {
             height: 3,
@@ -281,10 +288,7 @@ mod tests {
     #[test]
     fn certificate_rules() {
         let ks = keys();
-        let voters: Vec<[u8; 32]> = ks[..3]
-            .iter()
-            .map(|k| k.verifying_key().to_bytes())
-            .collect();
+        let voters = public_keys(&ks[..3]);
         assert_eq!(cert(&ks[..2]).verify(&[1; 32], &voters, 2), Ok(()));
         assert_eq!(
             cert(&ks[..1]).verify(&[1; 32], &voters, 2),
@@ -322,10 +326,7 @@ mod tests {
     #[test]
     fn voter_keys_answer_as_a_fresh_check() {
         let ks = keys();
-        let voters: Vec<[u8; 32]> = ks[..3]
-            .iter()
-            .map(|k| k.verifying_key().to_bytes())
-            .collect();
+        let voters = public_keys(&ks[..3]);
         // A voter whose bytes are not a curve point: all its votes fail.
         let mut with_bad = voters.clone();
         let not_a_point = (0u8..=255)

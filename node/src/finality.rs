@@ -410,7 +410,7 @@ struct Service<C> {
     answered: HashMap<u64, Instant>,
     /// The next voting step waits until then (`vote_interval` after the
     /// last one); `None`: at once.
-    next_vote_at: Option<Instant>,
+    next_vote_at: Option<tokio::time::Instant>,
 }
 
 /// Why a received message is refused (the peer broke the protocol).
@@ -427,15 +427,17 @@ impl<C: Chain> Service<C> {
         loop {
             // Pacing uses the monotonic clock as a rate limit only: what a
             // vote says never depends on it.
-            let due = self.next_vote_at.is_none_or(|at| Instant::now() >= at);
+            let due = self
+                .next_vote_at
+                .is_none_or(|at| tokio::time::Instant::now() >= at);
             if self.voted < self.head && due {
                 self.sign_next_chunk().await?;
                 self.drain_pending()?;
                 let interval = self.config.vote_interval;
-                self.next_vote_at = (!interval.is_zero()).then(|| Instant::now() + interval);
+                self.next_vote_at =
+                    (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
             }
             let behind = self.voted < self.head;
-            let vote_at = self.next_vote_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(()),
@@ -458,7 +460,7 @@ impl<C: Chain> Service<C> {
                     report(decision);
                 }
                 _ = retry.tick() => self.retry()?,
-                _ = sleep_until_some(vote_at), if behind => {}
+                _ = sleep_until_some(self.next_vote_at), if behind => {}
             }
         }
     }
