@@ -103,6 +103,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// What one worker saw.
 struct Tally {
     latency_us: Histogram<u64>,
+    /// Open loop: how late each submission started against its schedule.
+    /// Late starts mean every worker was busy, so part of the latency was
+    /// spent queued in this process, not in the cluster.
+    start_lag_us: Histogram<u64>,
     ok: u64,
     duplicates: u64,
     errors: BTreeMap<String, u64>,
@@ -117,6 +121,8 @@ impl Tally {
             // 1 µs to 1 h at 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .map_err(|e| anyhow!("latency histogram: {e}"))?,
+            start_lag_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .map_err(|e| anyhow!("start lag histogram: {e}"))?,
             ok: 0,
             duplicates: 0,
             errors: BTreeMap::new(),
@@ -130,6 +136,9 @@ impl Tally {
         self.latency_us
             .add(&other.latency_us)
             .map_err(|e| anyhow!("merging latency histograms: {e}"))?;
+        self.start_lag_us
+            .add(&other.start_lag_us)
+            .map_err(|e| anyhow!("merging start lag histograms: {e}"))?;
         self.ok += other.ok;
         self.duplicates += other.duplicates;
         for (code, n) in other.errors {
@@ -275,6 +284,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
                         if let Some(d) = scheduled.checked_duration_since(Instant::now()) {
                             std::thread::sleep(d);
                         }
+                        if rate.is_some() {
+                            let lag = scheduled.elapsed();
+                            let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+                            t.start_lag_us.saturating_record(us.max(1));
+                        }
                         let outcome = client.submit(att, wait);
                         let latency = scheduled.elapsed();
                         let stats = match &outcome {
@@ -347,12 +361,23 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         "max": ms(h.max()),
         "mean": h.mean() / 1000.0,
     });
+    let lag = &total.start_lag_us;
+    // Null in a closed loop, where there is no schedule to lag behind.
+    let start_lag = (args.rate.is_some() && !lag.is_empty()).then(|| {
+        json!({
+            "p50": ms(lag.value_at_quantile(0.50)),
+            "p95": ms(lag.value_at_quantile(0.95)),
+            "p99": ms(lag.value_at_quantile(0.99)),
+            "max": ms(lag.max()),
+        })
+    });
     let report: Value = json!({
         "throughput_per_s": throughput,
         "ok": total.ok,
         "errors": total.errors,
         "duration_s": elapsed,
         "latency_ms": latency,
+        "start_lag_ms": start_lag,
         "retries": {
             "total": total.retries_total,
             "max_per_request": total.retries_max,
@@ -390,6 +415,15 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             latency["p999"].as_f64().unwrap_or(0.0),
             latency["max"].as_f64().unwrap_or(0.0),
         );
+        if let Some(lag) = &start_lag {
+            println!(
+                "start lag ms (open loop, all workers busy): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+                lag["p50"].as_f64().unwrap_or(0.0),
+                lag["p95"].as_f64().unwrap_or(0.0),
+                lag["p99"].as_f64().unwrap_or(0.0),
+                lag["max"].as_f64().unwrap_or(0.0),
+            );
+        }
         let by: Vec<String> = total
             .by_retries
             .iter()

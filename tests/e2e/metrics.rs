@@ -294,6 +294,10 @@ fn metrics_and_readiness_on_a_real_cluster() {
             assert!(
                 m.histogram_count("bizra_submit_commit_latency_seconds") >= f64::from(submitted)
             );
+            assert!(
+                m.histogram_count("bizra_rpc_duration_seconds") >= f64::from(submitted),
+                "the leader timed the submissions it answered"
+            );
         }
         // Per-peer round trips, labelled with genesis names and regions.
         let peers: HashSet<&str> = m

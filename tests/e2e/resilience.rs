@@ -327,6 +327,8 @@ fn resilience_bench_json_survives_a_leader_kill_9_and_reports_retries() {
     }
     let retries = &report["retries"];
     assert!(retries["total"].is_u64(), "{report}");
+    // A closed loop has no schedule to lag behind.
+    assert!(report["start_lag_ms"].is_null(), "{report}");
     assert!(
         retries["max_per_request"]
             .as_u64()
@@ -352,5 +354,51 @@ fn resilience_bench_json_survives_a_leader_kill_9_and_reports_retries() {
         ids.len() as u64 >= BENCH_COUNT,
         "{} ids in blocks",
         ids.len()
+    );
+
+    // Open loop on the survivors: the report says how late submissions
+    // started against their schedule.
+    let survivors: Vec<String> = (0..cluster.len())
+        .filter(|&i| i != leader)
+        .map(|i| cluster.rpc_url(i))
+        .collect();
+    let mut args: Vec<String> = vec!["bench".into(), "--rpc".into()];
+    args.extend(survivors);
+    args.extend(
+        [
+            "--count",
+            "40",
+            "--rate",
+            "200",
+            "--concurrency",
+            "4",
+            "--max-seconds",
+            "60",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let output = Command::new(cluster.binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run an open-loop bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --rate: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(stdout.lines().last().expect("a report line")).expect("JSON");
+    assert_eq!(report["ok"], 40, "{report}");
+    assert_eq!(report["rate"], 200.0, "{report}");
+    let lag = &report["start_lag_ms"];
+    for p in ["p50", "p95", "p99", "max"] {
+        assert!(lag[p].as_f64().is_some_and(|v| v >= 0.0), "{p}: {report}");
+    }
+    assert!(
+        lag["max"].as_f64() >= lag["p50"].as_f64(),
+        "start lag max below its median: {report}"
     );
 }
