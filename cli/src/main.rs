@@ -330,7 +330,11 @@ fn start(config: bizra_node::Config) -> Result<()> {
     // on it is told about the lock, not about a busy port.
     let data_dir = bizra_node::datadir::DataDir::open(&config.data_dir)?;
     let listener = bizra_node::bind_rpc(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("bizra-node")
         .build()

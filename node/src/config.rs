@@ -49,6 +49,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// Graceful shutdown.
     pub shutdown: ShutdownSection,
+    /// The async runtime's threads.
+    pub runtime: RuntimeSection,
 }
 
 /// `[p2p]`: where this node listens for validators and whom it dials.
@@ -234,6 +236,20 @@ pub struct ShutdownSection {
     pub deadline_ms: u64,
 }
 
+/// `[runtime]`: the node's async runtime.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Async worker threads; 0 (the default) is one per core. A node that
+    /// shares its cores with other nodes (a local testnet) runs better on
+    /// fewer: each idle worker woken to steal a task costs a context switch,
+    /// and waking threads is the largest part of a block's CPU there
+    /// (docs/PERFORMANCE.md, "The cores are busy at every rate"). Signature
+    /// checks, apply and fdatasync run on blocking threads, which this does
+    /// not limit.
+    pub worker_threads: usize,
+}
+
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
@@ -289,6 +305,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             storage: StorageSection::default(),
             shutdown: ShutdownSection::default(),
+            runtime: RuntimeSection::default(),
         }
     }
 }
@@ -652,6 +669,7 @@ pub const KEYS: &[KeySpec] = &[
     int("storage.min_free_bytes", 0, 1 << 50),
     int("storage.cache_bytes", 16 << 20, 1 << 40),
     int("shutdown.deadline_ms", 100, 600_000),
+    int("runtime.worker_threads", 0, 1024),
 ];
 
 /// Prefix of every environment variable the node reads.

@@ -241,6 +241,9 @@ pub(crate) struct Metrics {
     pub(crate) db_size: Gauge,
     /// This process's resident memory, read at every scrape.
     pub(crate) resident_memory: Gauge,
+    /// The async runtime's worker threads (`runtime.worker_threads`, or
+    /// one per core), read at every scrape.
+    pub(crate) runtime_workers: Gauge,
     /// Client requests refused by auth, by reason.
     pub(crate) auth_refused: Family<AuthLabels, Counter>,
     /// Admin API calls by method and result.
@@ -336,6 +339,7 @@ impl Metrics {
             finality_lag: Gauge::default(),
             db_size: Gauge::default(),
             resident_memory: Gauge::default(),
+            runtime_workers: Gauge::default(),
             auth_refused: Family::default(),
             admin_requests: Family::default(),
             gossip_rejected: Counter::default(),
@@ -490,6 +494,11 @@ impl Metrics {
             "bizra_process_resident_memory_bytes",
             "Resident memory of this node's process (it grows while its caches fill: see docs/OPERATIONS.md, Disk check, Memory)",
             m.resident_memory.clone(),
+        );
+        r.register(
+            "bizra_runtime_worker_threads",
+            "Worker threads of the node's async runtime (runtime.worker_threads; 0 there means one per core)",
+            m.runtime_workers.clone(),
         );
         r.register(
             "bizra_auth_refused",

@@ -53,7 +53,7 @@ pub use checker::{
 };
 pub use cluster::{wait_until, Cluster, Stopped, Stress, KEEP_ENV, MAX_STRESS, MAX_STRESS_THREADS};
 pub use error::{codes, Result, RpcError, TestnetError};
-pub use layout::peer_id_of;
+pub use layout::{peer_id_of, shared_worker_threads};
 pub use process::log_tail;
 pub use proxy::{Link, ProxyNet, LOSS_RTO, MAX_DELAY};
 pub use rpc::{parse_error_object, NodeStatus};

@@ -245,6 +245,12 @@ fn metrics_and_readiness_on_a_real_cluster() {
             assert!(m.has(family), "node-{}: no {family}", i + 1);
         }
         let node = i + 1;
+        // The testnet divides the machine's cores among its nodes.
+        assert_eq!(
+            m.value("bizra_runtime_worker_threads"),
+            bizra_testnet::shared_worker_threads(cluster.len()) as f64,
+            "node-{node}"
+        );
         assert!(
             m.value("bizra_attestations_committed_total") >= f64::from(submitted),
             "node-{node}"
