@@ -330,9 +330,6 @@ async fn scrape(node: Arc<Node>, openmetrics: bool) -> HttpResponse {
     if let Some(rss) = resident_memory_bytes() {
         m.resident_memory.set(int(rss));
     }
-    m.runtime_workers.set(int(
-        tokio::runtime::Handle::current().metrics().num_workers() as u64,
-    ));
     m.queue_depth.set(int(node.admitter.queue_depth() as u64));
     m.divergence_evidence
         .set(int(node.finality.divergence_count()));

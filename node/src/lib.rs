@@ -150,6 +150,10 @@ pub async fn run_in(
     let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
         config.rpc.latency_objective_ms,
     )));
+    // Fixed for the life of the process, so set once, not at every scrape.
+    metrics.runtime_workers.set(metrics::int(
+        tokio::runtime::Handle::current().metrics().num_workers() as u64,
+    ));
     // Before the store opens, so that its first fdatasync is measured.
     bizra_storage::set_sync_observer(Some(metrics.sync_observer()));
     let (log_store, state_machine, reader) = bizra_consensus::open_with(

@@ -242,7 +242,7 @@ pub(crate) struct Metrics {
     /// This process's resident memory, read at every scrape.
     pub(crate) resident_memory: Gauge,
     /// The async runtime's worker threads (`runtime.worker_threads`, or
-    /// one per core), read at every scrape.
+    /// one per core), set once at start.
     pub(crate) runtime_workers: Gauge,
     /// Client requests refused by auth, by reason.
     pub(crate) auth_refused: Family<AuthLabels, Counter>,
