@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -19,6 +19,8 @@ use bizra_crypto::{hex, keys, Attestation};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
+
+use crate::bench_http::Connections;
 
 /// Attestations pre-signed for a `--duration` run without `--count` or
 /// `--rate`: enough for about a minute at the rates this cluster reaches,
@@ -47,6 +49,11 @@ pub(crate) struct BenchArgs {
     /// Concurrent workers, each with its own keep-alive connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     concurrency: u64,
+    /// Threads that run the workers (async tasks). One carries thousands
+    /// of submissions per second and leaves the other cores to the nodes
+    /// on a machine they share.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    threads: usize,
     /// Open loop: start this many submissions per second in total,
     /// whatever the answers' latency (latency then counts from each
     /// submission's scheduled start, so queueing is not hidden).
@@ -253,89 +260,97 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let cpu_at_start = process_cpu_s();
     let started = Instant::now();
     let stop_at = started + time_cap;
-    let (done_tx, done_rx) = mpsc::channel::<Result<Tally>>();
-
+    // One thread: this one runs every worker (no hand-offs between
+    // threads); more: that many worker threads.
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = builder
+        .thread_name("bench")
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the load generator's runtime: {e}"))?;
+    let mut workers = Vec::new();
     for w in 0..args.concurrency {
         let client = base.fork(usize::try_from(w).unwrap_or(0));
-        let (attestations, next, bar, done_tx) = (
-            attestations.clone(),
-            next.clone(),
-            bar.clone(),
-            done_tx.clone(),
-        );
+        let (attestations, next, bar) = (attestations.clone(), next.clone(), bar.clone());
         let rate = args.rate;
-        std::thread::Builder::new()
-            .name(format!("bench-{w}"))
-            .spawn(move || {
-                let tally = (|| -> Result<Tally> {
-                    let mut t = Tally::new()?;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(att) = attestations.get(i) else {
-                            break;
-                        };
-                        let scheduled = match rate {
-                            Some(r) => started + Duration::from_secs_f64(i as f64 / r),
-                            None => Instant::now(),
-                        };
-                        if scheduled >= stop_at {
-                            break;
-                        }
-                        if let Some(d) = scheduled.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
-                        }
-                        if rate.is_some() {
-                            let lag = scheduled.elapsed();
-                            let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
-                            t.start_lag_us.saturating_record(us.max(1));
-                        }
-                        let outcome = client.submit(att, wait);
-                        let latency = scheduled.elapsed();
-                        let stats = match &outcome {
-                            Ok(r) => &r.stats,
-                            Err(f) => &f.stats,
-                        };
-                        let retries = stats.retries();
-                        t.retries_total += u64::from(retries);
-                        t.retries_max = t.retries_max.max(retries);
-                        *t.by_retries.entry(retries).or_default() += 1;
-                        match outcome {
-                            Ok(reply) => {
-                                t.ok += 1;
-                                t.duplicates += u64::from(reply.value.duplicate);
-                                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                                t.latency_us.saturating_record(us.max(1));
-                            }
-                            Err(failure) => {
-                                *t.errors
-                                    .entry(failure.error.name().to_string())
-                                    .or_default() += 1;
-                            }
-                        }
-                        bar.inc(1);
+        workers.push(runtime.spawn(async move {
+            let mut t = Tally::new()?;
+            let mut connections = Connections::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(att) = attestations.get(i) else {
+                    break;
+                };
+                let scheduled = match rate {
+                    Some(r) => started + Duration::from_secs_f64(i as f64 / r),
+                    None => Instant::now(),
+                };
+                if scheduled >= stop_at {
+                    break;
+                }
+                if scheduled > Instant::now() {
+                    tokio::time::sleep_until(scheduled.into()).await;
+                }
+                if rate.is_some() {
+                    let lag = scheduled.elapsed();
+                    let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+                    t.start_lag_us.saturating_record(us.max(1));
+                }
+                let body = client.submit_body(&att.to_json(), wait);
+                let outcome = connections.submit(&client, body.into()).await;
+                let latency = scheduled.elapsed();
+                let stats = match &outcome {
+                    Ok(r) => &r.stats,
+                    Err(f) => &f.stats,
+                };
+                let retries = stats.retries();
+                t.retries_total += u64::from(retries);
+                t.retries_max = t.retries_max.max(retries);
+                *t.by_retries.entry(retries).or_default() += 1;
+                match outcome {
+                    Ok(reply) => {
+                        t.ok += 1;
+                        t.duplicates += u64::from(reply.value.duplicate);
+                        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                        t.latency_us.saturating_record(us.max(1));
                     }
-                    Ok(t)
-                })();
-                // The receiver may have stopped waiting (time cap); then
-                // this worker's tally is simply not reported.
-                let _ = done_tx.send(tally);
-            })
-            .map_err(|e| anyhow!("cannot start bench worker {w}: {e}"))?;
-    }
-    drop(done_tx);
-
-    let mut total = Tally::new()?;
-    let mut reported = 0u64;
-    let give_up_at = stop_at + GRACE;
-    while reported < args.concurrency {
-        let left = give_up_at.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(left) {
-            Ok(tally) => {
-                total.merge(tally?)?;
-                reported += 1;
+                    Err(failure) => {
+                        *t.errors
+                            .entry(failure.error.name().to_string())
+                            .or_default() += 1;
+                    }
+                }
+                bar.inc(1);
             }
-            Err(_) => break,
+            Ok::<Tally, anyhow::Error>(t)
+        }));
+    }
+
+    // A worker that has not reported by the time cap (plus grace) is left
+    // out; its submissions in flight count as unfinished.
+    let give_up_at = stop_at + GRACE;
+    let tallies = runtime.block_on(async {
+        let mut tallies = Vec::new();
+        for worker in workers {
+            match tokio::time::timeout_at(give_up_at.into(), worker).await {
+                Ok(Ok(tally)) => tallies.push(tally),
+                Ok(Err(e)) => return Err(anyhow!("a bench worker failed: {e}")),
+                Err(_) => break,
+            }
         }
+        Ok(tallies)
+    })?;
+    // Stop what is still in flight without waiting for it.
+    runtime.shutdown_background();
+    let mut total = Tally::new()?;
+    for tally in tallies {
+        total.merge(tally?)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let client_cpu_s = process_cpu_s() - cpu_at_start;
@@ -391,6 +406,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         "sent": sent,
         "unfinished": unfinished,
         "concurrency": args.concurrency,
+        "threads": args.threads,
         "rate": args.rate,
         "wait": wait.as_str(),
         "max_attempts": args.max_attempts,

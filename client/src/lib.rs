@@ -372,21 +372,8 @@ impl Client {
 
     /// Submits one attestation given in its JSON form (`poi_submit`).
     pub fn submit_json(&self, attestation: &Value, wait: Wait) -> Outcome<SubmitReceipt> {
-        let params = json!([attestation, {"wait": wait.as_str()}]);
-        let body = self.body("poi_submit", &params);
-        self.run(
-            || body.clone(),
-            |answer| match single_answer("poi_submit", answer) {
-                Step::Done(Ok(v)) => Step::Done(SubmitReceipt::from_json(v).map_err(|message| {
-                    ClientError::BadResponse {
-                        url: String::new(),
-                        message,
-                    }
-                })),
-                Step::Done(Err(e)) => Step::Done(Err(e)),
-                Step::Retry(e, d) => Step::Retry(e, d),
-            },
-        )
+        let body = self.submit_body(attestation, wait);
+        self.run(|| body.clone(), submit_answer)
     }
 
     /// Submits up to [`MAX_BATCH`] attestations in one `poi_submitBatch`;
@@ -627,122 +614,47 @@ impl Client {
     }
 
     /// The retry loop shared by every method: `body` makes each attempt's
-    /// request, `answer` judges a JSON answer.
+    /// request, `answer` judges a JSON answer. It drives [`Attempts`] with
+    /// blocking HTTP and `thread::sleep`.
     fn run<T>(
         &self,
         mut body: impl FnMut() -> String,
         mut answer: impl FnMut(Value) -> Step<T>,
     ) -> Outcome<T> {
-        let policy = &self.shared.policy;
-        let started = Instant::now();
-        let deadline = started + policy.deadline;
-        let mut stats = RequestStats::default();
-        let mut last: Option<(ClientError, Option<Duration>)> = None;
-        // The error that made us retry, for the report if the breakers
-        // then leave no endpoint to retry on.
-        let mut previous: Option<ClientError> = None;
-        let finish = |mut stats: RequestStats, result: Result<T, ClientError>| {
-            stats.elapsed = started.elapsed();
-            match result {
-                Ok(value) => Ok(Reply { value, stats }),
-                Err(error) => Err(Box::new(Failure { error, stats })),
-            }
-        };
+        let mut attempts = self.attempts();
         loop {
-            if let Some((error, hint)) = last.take() {
-                previous = Some(error.clone());
-                let gave_up = |limit: String, stats: &RequestStats| ClientError::GaveUp {
-                    attempts: stats.attempts,
-                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    limit,
-                    last: Box::new(error.clone()),
-                };
-                if stats.attempts >= policy.max_attempts {
-                    let e = gave_up(format!("max_attempts {}", policy.max_attempts), &stats);
-                    return finish(stats, Err(e));
-                }
-                let random = lock(&self.jitter).next_u64();
-                let wait = backoff::delay(
-                    policy.base_delay,
-                    policy.max_delay,
-                    stats.attempts,
-                    hint,
-                    random,
-                );
-                if Instant::now() + wait >= deadline {
-                    let e = gave_up(
-                        format!("deadline {} ms", policy.deadline.as_millis()),
-                        &stats,
-                    );
-                    return finish(stats, Err(e));
-                }
-                std::thread::sleep(wait);
-            }
-            let now = Instant::now();
-            let i = match self.pick(now) {
-                Ok(i) => i,
-                Err(soonest) => {
-                    let open = ClientError::CircuitOpen {
-                        endpoints: self.endpoints().join(", "),
-                        retry_in_ms: soonest
-                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    };
-                    // Mid-request, what failed matters more than the
-                    // breaker that now stops us.
-                    let e = match previous {
-                        Some(last) => ClientError::GaveUp {
-                            attempts: stats.attempts,
-                            elapsed_ms: u64::try_from(started.elapsed().as_millis())
-                                .unwrap_or(u64::MAX),
-                            limit: open.to_string(),
-                            last: Box::new(last),
-                        },
-                        None => open,
-                    };
-                    return finish(stats, Err(e));
-                }
-            };
-            let url = &self.shared.endpoints[i].url;
-            if stats.endpoint.as_deref().is_some_and(|e| e != url) {
-                stats.failovers += 1;
-            }
-            stats.endpoint = Some(url.clone());
-            stats.attempts += 1;
-            let timeout = policy
-                .request_timeout
-                .min(deadline.saturating_duration_since(now))
-                .max(Duration::from_millis(1));
-            let text = body();
-            let posted = self.post(url, &text, timeout);
-            let breaker = &self.shared.endpoints[i].breaker;
-            match posted {
-                Ok(json) => {
-                    lock(breaker).on_success();
-                    match answer(json) {
-                        Step::Done(result) => {
-                            let result = result.map_err(|e| with_url(e, url));
-                            return finish(stats, result);
-                        }
-                        Step::Retry(error, hint) => last = Some((error, hint)),
+            match attempts.next_step()? {
+                Next::Wait(wait) => std::thread::sleep(wait),
+                Next::Post { url, timeout } => {
+                    let posted = self.post(url, &body(), timeout);
+                    if let Some(outcome) = attempts.posted(posted, &mut answer) {
+                        return outcome;
                     }
                 }
-                Err(error @ ClientError::Transport { .. }) => {
-                    lock(breaker).on_failure(Instant::now());
-                    last = Some((error, None));
-                }
-                Err(error) => {
-                    // It answered, just not in JSON-RPC: up, but asking
-                    // again will not help.
-                    lock(breaker).on_success();
-                    return finish(stats, Err(error));
-                }
             }
-            // Fail over: the next attempt starts at the next endpoint.
-            let n = self.shared.endpoints.len();
-            let _ =
-                self.cursor
-                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// A new request's retry loop, for callers that do their own HTTP
+    /// (the load generator's async workers); the blocking methods use it
+    /// too, so both follow one policy.
+    pub fn attempts(&self) -> Attempts<'_> {
+        let started = Instant::now();
+        Attempts {
+            client: self,
+            started,
+            deadline: started + self.shared.policy.deadline,
+            stats: RequestStats::default(),
+            last: None,
+            previous: None,
+            endpoint: None,
+        }
+    }
+
+    /// The HTTP body of a `poi_submit` of `attestation` (its JSON form),
+    /// for callers that post it themselves (see [`Client::attempts`]).
+    pub fn submit_body(&self, attestation: &Value, wait: Wait) -> String {
+        self.body("poi_submit", &json!([attestation, {"wait": wait.as_str()}]))
     }
 
     /// One HTTP POST: the parsed JSON answer, a transport error (retry
@@ -780,19 +692,222 @@ impl Client {
                 message,
             }
         })?;
-        match serde_json::from_str::<Value>(&text) {
-            Ok(v) => Ok(v),
-            // A proxy or a dying node; another node may do better.
-            Err(_) if status >= 500 => Err(ClientError::Transport {
-                url: url.to_string(),
-                message: format!("HTTP {status} without a JSON-RPC body"),
-                timeout: false,
-            }),
-            Err(e) => Err(ClientError::BadResponse {
-                url: url.to_string(),
-                message: format!("HTTP {status}: {e}"),
-            }),
+        answer_from_http(url, status, text.as_bytes())
+    }
+}
+
+/// Reads an HTTP answer's body as JSON-RPC: the parsed JSON; a transport
+/// error for a 5xx without JSON (a proxy or a dying node; another node may
+/// do better); else a bad response (final). Public for callers that do
+/// their own HTTP (see [`Client::attempts`]).
+pub fn answer_from_http(url: &str, status: u16, body: &[u8]) -> Result<Value, ClientError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(_) if status >= 500 => Err(ClientError::Transport {
+            url: url.to_string(),
+            message: format!("HTTP {status} without a JSON-RPC body"),
+            timeout: false,
+        }),
+        Err(e) => Err(ClientError::BadResponse {
+            url: url.to_string(),
+            message: format!("HTTP {status}: {e}"),
+        }),
+    }
+}
+
+/// What the driver of an [`Attempts`] loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next<'c> {
+    /// Sleep this long (a backoff), then ask again.
+    Wait(Duration),
+    /// POST the request to `url` within `timeout`, then report the result
+    /// (a submission's with [`Attempts::posted_submit`]).
+    Post {
+        /// The endpoint the breakers chose.
+        url: &'c str,
+        /// The time left for this attempt.
+        timeout: Duration,
+    },
+}
+
+/// One request's retry loop without its I/O: which endpoint to try, how
+/// long to back off, when to give up, and which breaker learns what. The
+/// driver asks [`Attempts::next_step`], does what it says, and reports each
+/// POST's result; the request ends when either returns the outcome.
+pub struct Attempts<'c> {
+    client: &'c Client,
+    started: Instant,
+    deadline: Instant,
+    stats: RequestStats,
+    /// The error that calls for another attempt, with the node's hint.
+    last: Option<(ClientError, Option<Duration>)>,
+    /// The error that made us retry, for the report if the breakers then
+    /// leave no endpoint to retry on.
+    previous: Option<ClientError>,
+    /// The endpoint of the POST in progress.
+    endpoint: Option<usize>,
+}
+
+impl<'c> Attempts<'c> {
+    /// The next step, or the failure that ends the request (retries or
+    /// time used up, every breaker open).
+    pub fn next_step(&mut self) -> Result<Next<'c>, Box<Failure>> {
+        let client = self.client;
+        let policy = &client.shared.policy;
+        if let Some((error, hint)) = self.last.take() {
+            self.previous = Some(error.clone());
+            let gave_up = |limit: String, attempts: u32| ClientError::GaveUp {
+                attempts,
+                elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                limit,
+                last: Box::new(error.clone()),
+            };
+            if self.stats.attempts >= policy.max_attempts {
+                let e = gave_up(
+                    format!("max_attempts {}", policy.max_attempts),
+                    self.stats.attempts,
+                );
+                return Err(self.failure(e));
+            }
+            let random = lock(&client.jitter).next_u64();
+            let wait = backoff::delay(
+                policy.base_delay,
+                policy.max_delay,
+                self.stats.attempts,
+                hint,
+                random,
+            );
+            if Instant::now() + wait >= self.deadline {
+                let e = gave_up(
+                    format!("deadline {} ms", policy.deadline.as_millis()),
+                    self.stats.attempts,
+                );
+                return Err(self.failure(e));
+            }
+            return Ok(Next::Wait(wait));
         }
+        let now = Instant::now();
+        let i = match client.pick(now) {
+            Ok(i) => i,
+            Err(soonest) => {
+                let open = ClientError::CircuitOpen {
+                    endpoints: client.endpoints().join(", "),
+                    retry_in_ms: soonest
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                };
+                // Mid-request, what failed matters more than the breaker
+                // that now stops us.
+                let e = match self.previous.take() {
+                    Some(last) => ClientError::GaveUp {
+                        attempts: self.stats.attempts,
+                        elapsed_ms: u64::try_from(self.started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        limit: open.to_string(),
+                        last: Box::new(last),
+                    },
+                    None => open,
+                };
+                return Err(self.failure(e));
+            }
+        };
+        let url = client.shared.endpoints[i].url.as_str();
+        if self.stats.endpoint.as_deref().is_some_and(|e| e != url) {
+            self.stats.failovers += 1;
+        }
+        self.stats.endpoint = Some(url.to_string());
+        self.stats.attempts += 1;
+        self.endpoint = Some(i);
+        let timeout = policy
+            .request_timeout
+            .min(self.deadline.saturating_duration_since(now))
+            .max(Duration::from_millis(1));
+        Ok(Next::Post { url, timeout })
+    }
+
+    /// Reports the result of the POST that [`Attempts::next_step`] asked for,
+    /// judged by `answer`: the outcome if the request is over, `None` if
+    /// the driver should ask `next_step` again.
+    fn posted<T>(
+        &mut self,
+        posted: Result<Value, ClientError>,
+        answer: impl FnOnce(Value) -> Step<T>,
+    ) -> Option<Outcome<T>> {
+        let client = self.client;
+        let Some(i) = self.endpoint.take() else {
+            return Some(Err(self.failure(ClientError::Config {
+                field: "attempts",
+                message: "a result was reported without a POST from next()".into(),
+            })));
+        };
+        let endpoint = &client.shared.endpoints[i];
+        match posted {
+            Ok(json) => {
+                lock(&endpoint.breaker).on_success();
+                match answer(json) {
+                    Step::Done(Ok(value)) => {
+                        self.stats.elapsed = self.started.elapsed();
+                        return Some(Ok(Reply {
+                            value,
+                            stats: std::mem::take(&mut self.stats),
+                        }));
+                    }
+                    Step::Done(Err(e)) => {
+                        return Some(Err(self.failure(with_url(e, &endpoint.url))));
+                    }
+                    Step::Retry(error, hint) => self.last = Some((error, hint)),
+                }
+            }
+            Err(error @ ClientError::Transport { .. }) => {
+                lock(&endpoint.breaker).on_failure(Instant::now());
+                self.last = Some((error, None));
+            }
+            Err(error) => {
+                // It answered, just not in JSON-RPC: up, but asking again
+                // will not help.
+                lock(&endpoint.breaker).on_success();
+                return Some(Err(self.failure(error)));
+            }
+        }
+        // Fail over: the next attempt starts at the next endpoint.
+        let n = client.shared.endpoints.len();
+        let _ =
+            client
+                .cursor
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        None
+    }
+
+    /// [`Attempts::posted`] for a `poi_submit` made with
+    /// [`Client::submit_body`].
+    pub fn posted_submit(
+        &mut self,
+        posted: Result<Value, ClientError>,
+    ) -> Option<Outcome<SubmitReceipt>> {
+        self.posted(posted, submit_answer)
+    }
+
+    fn failure(&mut self, error: ClientError) -> Box<Failure> {
+        self.stats.elapsed = self.started.elapsed();
+        Box::new(Failure {
+            error,
+            stats: std::mem::take(&mut self.stats),
+        })
+    }
+}
+
+/// Judges a `poi_submit` answer.
+fn submit_answer(answer: Value) -> Step<SubmitReceipt> {
+    match single_answer("poi_submit", answer) {
+        Step::Done(Ok(v)) => {
+            Step::Done(
+                SubmitReceipt::from_json(v).map_err(|message| ClientError::BadResponse {
+                    url: String::new(),
+                    message,
+                }),
+            )
+        }
+        Step::Done(Err(e)) => Step::Done(Err(e)),
+        Step::Retry(e, d) => Step::Retry(e, d),
     }
 }
 
