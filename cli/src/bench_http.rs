@@ -238,17 +238,13 @@ mod tests {
                         .unwrap_or(0);
                     break (end + 4, length);
                 }
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut stream, &mut buf).await {
+                    return;
                 }
             };
             while buf.len() < head_end + length {
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut stream, &mut buf).await {
+                    return;
                 }
             }
             buf.drain(..head_end + length);
@@ -263,6 +259,18 @@ mod tests {
             );
             if stream.write_all(answer.as_bytes()).await.is_err() || close {
                 return;
+            }
+        }
+    }
+
+    /// Appends what the stream has; false at its end or on an error.
+    async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
             }
         }
     }
