@@ -22,10 +22,17 @@ use serde_json::{json, Value};
 
 use crate::bench_http::Connections;
 
-/// Attestations pre-signed for a `--duration` run without `--count` or
-/// `--rate`: enough for about a minute at the rates this cluster reaches,
-/// small enough (about 40 MB) to sign in a few seconds.
-const DURATION_ONLY_COUNT: u64 = 200_000;
+/// Attestations pre-signed per second of a `--duration` run without
+/// `--count` or `--rate`: about twice the closed-loop rate a 3-node
+/// cluster reaches on a 2-core machine (docs/PERFORMANCE.md), so a
+/// minute-long run lasts its minute. A run that uses them up early says so.
+const DURATION_ONLY_PER_S: f64 = 10_000.0;
+/// Bounds of that count: signing 600 000 takes several seconds of every
+/// core and about 150 MB, paid again by each run of a long series
+/// (`bench-suite --only rss`).
+const DURATION_ONLY_COUNTS: (u64, u64) = (200_000, 600_000);
+/// The most any run pre-signs (`--count`'s limit).
+const MAX_COUNT: u64 = 10_000_000;
 /// Pre-signed attestations carry the time they were signed; nodes refuse
 /// them after the cluster's `max_age_s` (300 s by default).
 const FRESHNESS_S: u64 = 300;
@@ -217,20 +224,26 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// How many attestations a run pre-signs: `--count`, else what the rate
+/// needs for the duration, else enough for the duration at about twice
+/// this machine class's peak (bounded), else 1000.
+fn planned_count(count: Option<u64>, duration: Option<Duration>, rate: Option<f64>) -> u64 {
+    match (count, duration, rate) {
+        (Some(n), _, _) => n,
+        (None, Some(d), Some(rate)) => ((rate * d.as_secs_f64()).ceil() as u64).clamp(1, MAX_COUNT),
+        (None, Some(d), None) => ((DURATION_ONLY_PER_S * d.as_secs_f64()).ceil() as u64)
+            .clamp(DURATION_ONLY_COUNTS.0, DURATION_ONLY_COUNTS.1),
+        (None, None, _) => 1000,
+    }
+}
+
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let wait: Wait = args.wait.parse()?;
     let time_cap = {
         let cap = Duration::from_secs(args.max_seconds);
         args.duration.map_or(cap, |d| d.min(cap))
     };
-    let count = match (args.count, args.duration, args.rate) {
-        (Some(n), _, _) => n,
-        (None, Some(d), Some(rate)) => {
-            ((rate * d.as_secs_f64()).ceil() as u64).clamp(1, 10_000_000)
-        }
-        (None, Some(_), None) => DURATION_ONLY_COUNT,
-        (None, None, _) => 1000,
-    };
+    let count = planned_count(args.count, args.duration, args.rate);
     if time_cap.as_secs() >= FRESHNESS_S && !args.json {
         eprintln!(
             "note: attestations are signed before the run; nodes refuse them after the \
@@ -358,6 +371,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let sent = u64::try_from(next.load(Ordering::Relaxed))
         .unwrap_or(u64::MAX)
         .min(count);
+    let duration_only = args.count.is_none() && args.rate.is_none() && args.duration.is_some();
+    if duration_only && sent >= count && elapsed < time_cap.as_secs_f64() * 0.95 {
+        eprintln!(
+            "note: the run used up its {count} pre-signed attestations and ended after \
+             {elapsed:.1} s of its {} s; pass --count for a longer run",
+            time_cap.as_secs()
+        );
+    }
     let errors_total: u64 = total.errors.values().sum();
     // Requests in flight on workers that did not report before the cap.
     let unfinished = sent.saturating_sub(total.ok + errors_total);
@@ -503,6 +524,17 @@ mod tests {
         assert_eq!(parse_rate("250.5").unwrap(), 250.5);
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("NaN").is_err());
+    }
+
+    #[test]
+    fn a_duration_only_run_signs_for_its_duration_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(planned_count(Some(7), Some(s(60)), None), 7);
+        assert_eq!(planned_count(None, Some(s(10)), Some(100.0)), 1000);
+        assert_eq!(planned_count(None, Some(s(5)), None), 200_000);
+        assert_eq!(planned_count(None, Some(s(45)), None), 450_000);
+        assert_eq!(planned_count(None, Some(s(200)), None), 600_000);
+        assert_eq!(planned_count(None, None, None), 1000);
     }
 
     #[test]
