@@ -258,6 +258,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         request_timeout: Policy::default().request_timeout.min(time_cap),
         ..Policy::default()
     };
+    if let Some(url) = args.rpc.iter().find(|u| !u.starts_with("http://")) {
+        bail!("--rpc `{url}`: bench speaks plain http:// only");
+    }
     let base = Client::new(args.rpc.iter().cloned(), policy.clone())
         .map_err(|e| anyhow!("--rpc/--max-attempts: {e}"))?;
     let status = base.node_status()?.value;

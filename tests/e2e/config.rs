@@ -586,3 +586,21 @@ fn a_report_command_ends_quietly_when_its_reader_is_gone() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_flags_are_checked_before_any_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Nothing listens on port 1: these must fail on the flag itself.
+    refused(
+        dir.path(),
+        &["bench", "--rpc", "https://127.0.0.1:1/"],
+        &[],
+        &["--rpc", "http://"],
+    );
+    refused(
+        dir.path(),
+        &["bench", "--rpc", "http://127.0.0.1:1/", "--threads", "0"],
+        &[],
+        &["--threads", "1..=64"],
+    );
+}
