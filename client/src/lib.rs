@@ -10,6 +10,10 @@
 //! the same attestation and a node that already committed it answers with
 //! the existing location (`"duplicate": true`), never a second copy.
 //!
+//! [`Client::attempts`] exposes that loop without its I/O, so a caller
+//! with its own HTTP (the load generator's async workers) retries by the
+//! same policy.
+//!
 //! The policy in short (docs/CLIENT.md has the details):
 //! - retry on connection errors, timeouts, HTTP 5xx without a JSON-RPC
 //!   body, and the node errors UNAVAILABLE and OVERLOADED; every other node
@@ -836,7 +840,7 @@ impl<'c> Attempts<'c> {
         let Some(i) = self.endpoint.take() else {
             return Some(Err(self.failure(ClientError::Config {
                 field: "attempts",
-                message: "a result was reported without a POST from next()".into(),
+                message: "a result was reported without a POST from next_step()".into(),
             })));
         };
         let endpoint = &client.shared.endpoints[i];
@@ -877,8 +881,10 @@ impl<'c> Attempts<'c> {
         None
     }
 
-    /// [`Attempts::posted`] for a `poi_submit` made with
-    /// [`Client::submit_body`].
+    /// Reports the result of the POST that [`Attempts::next_step`] asked
+    /// for, a `poi_submit` made with [`Client::submit_body`]: the outcome if
+    /// the request is over, `None` if the driver should ask `next_step`
+    /// again.
     pub fn posted_submit(
         &mut self,
         posted: Result<Value, ClientError>,
