@@ -24,7 +24,16 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// One worker's open connections, one per node URL it has used.
 #[derive(Default)]
 pub(crate) struct Connections {
-    open: Vec<(String, SendRequest<Full<Bytes>>)>,
+    open: Vec<Connection>,
+}
+
+/// A keep-alive connection to one node, with its URL parsed once, when
+/// the connection opened, not again for every request on it.
+struct Connection {
+    url: String,
+    uri: http::Uri,
+    host: http::HeaderValue,
+    sender: SendRequest<Full<Bytes>>,
 }
 
 impl Connections {
@@ -64,7 +73,7 @@ impl Connections {
         if matches!(result, Err(ClientError::Transport { .. })) {
             // The connection's state is unknown now; the next attempt on
             // this node starts a fresh one.
-            self.open.retain(|(u, _)| u != url);
+            self.open.retain(|c| c.url != url);
         }
         result
     }
@@ -75,23 +84,12 @@ impl Connections {
         body: Bytes,
         connect_timeout: Duration,
     ) -> Result<serde_json::Value, ClientError> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| config_error(format!("`{url}` is not a URL: {e}")))?;
-        let authority = match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(a)) => a.to_string(),
-            _ => {
-                return Err(config_error(format!(
-                    "`{url}`: bench speaks plain http:// only"
-                )))
-            }
-        };
         // A keep-alive connection the node has closed since (it answered
         // `connection: close`, or restarted) is replaced before use, not
         // counted as a failed attempt.
-        let reused = match self.open.iter().position(|(u, _)| u == url) {
+        let reused = match self.open.iter().position(|c| c.url == url) {
             Some(p) => {
-                let ready = self.open[p].1.ready().await.is_ok();
+                let ready = self.open[p].sender.ready().await.is_ok();
                 if !ready {
                     self.open.swap_remove(p);
                 }
@@ -102,21 +100,18 @@ impl Connections {
         let position = match reused {
             Some(p) => p,
             None => {
-                let mut sender = connect(url, &authority, connect_timeout).await?;
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| transport(url, format!("connection: {e}"), false))?;
-                self.open.push((url.to_string(), sender));
+                let connection = open(url, connect_timeout).await?;
+                self.open.push(connection);
                 self.open.len() - 1
             }
         };
-        let sender = &mut self.open[position].1;
-        let request = http::Request::post(uri)
-            .header(http::header::HOST, authority)
+        let connection = &mut self.open[position];
+        let request = http::Request::post(connection.uri.clone())
+            .header(http::header::HOST, connection.host.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| config_error(format!("request to `{url}`: {e}")))?;
+        let sender = &mut connection.sender;
         let response = sender
             .send_request(request)
             .await
@@ -137,16 +132,25 @@ impl Connections {
     }
 }
 
-/// A new HTTP/1.1 connection to `authority`; its driver runs as its own
-/// task and ends when the sender is dropped.
-async fn connect(
-    url: &str,
-    authority: &str,
-    connect_timeout: Duration,
-) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+/// A new HTTP/1.1 connection to the node at `url`, ready for a request;
+/// its driver runs as its own task and ends when the sender is dropped.
+async fn open(url: &str, connect_timeout: Duration) -> Result<Connection, ClientError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| config_error(format!("`{url}` is not a URL: {e}")))?;
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => a.as_str().to_string(),
+        _ => {
+            return Err(config_error(format!(
+                "`{url}`: bench speaks plain http:// only"
+            )))
+        }
+    };
+    let host = http::HeaderValue::from_str(&authority)
+        .map_err(|e| config_error(format!("`{url}`: host {e}")))?;
     let stream = match tokio::time::timeout(
         connect_timeout,
-        tokio::net::TcpStream::connect(authority),
+        tokio::net::TcpStream::connect(authority.as_str()),
     )
     .await
     {
@@ -162,14 +166,23 @@ async fn connect(
     };
     // Requests are small and answered at once; do not let Nagle hold them.
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| transport(url, format!("handshake: {e}"), false))?;
     tokio::spawn(async move {
         // Its error is the next request's error on this connection.
         let _ = connection.await;
     });
-    Ok(sender)
+    sender
+        .ready()
+        .await
+        .map_err(|e| transport(url, format!("connection: {e}"), false))?;
+    Ok(Connection {
+        url: url.to_string(),
+        uri,
+        host,
+        sender,
+    })
 }
 
 fn transport(url: &str, message: String, timeout: bool) -> ClientError {
