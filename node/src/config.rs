@@ -225,6 +225,11 @@ pub struct StorageSection {
     /// sled's page cache), so that memory does not follow the chain's size
     /// (docs/PERFORMANCE.md, "Memory").
     pub cache_bytes: u64,
+    /// How much lower the state tables' flush and compaction threads run
+    /// than the node's own (a nice increment, 0..=19; Linux): their bursts
+    /// of work otherwise stall commits (docs/PERFORMANCE.md, "Background
+    /// work of the state tables").
+    pub background_nice: u8,
 }
 
 /// `[shutdown]`: how long a graceful stop may take.
@@ -277,6 +282,7 @@ impl Default for StorageSection {
         Self {
             min_free_bytes: 1 << 30,
             cache_bytes: bizra_storage::DEFAULT_CACHE_BYTES,
+            background_nice: bizra_storage::DEFAULT_BACKGROUND_NICE,
         }
     }
 }
@@ -668,6 +674,11 @@ pub const KEYS: &[KeySpec] = &[
     },
     int("storage.min_free_bytes", 0, 1 << 50),
     int("storage.cache_bytes", 16 << 20, 1 << 40),
+    int(
+        "storage.background_nice",
+        0,
+        bizra_storage::MAX_BACKGROUND_NICE as u64,
+    ),
     int("shutdown.deadline_ms", 100, 600_000),
     int("runtime.worker_threads", 0, 1024),
 ];

@@ -161,6 +161,7 @@ pub async fn run_in(
         chain_id,
         bizra_storage::StoreOptions {
             cache_bytes: config.storage.cache_bytes,
+            background_nice: config.storage.background_nice,
         },
     )
     .await

@@ -90,5 +90,7 @@ pub use state::{
     HeadRef, IndexEntry, LogIdOf, MembershipOf, NewBlock, ParsedSnapshot, StateTables, StateUpdate,
     StoredAttestation, StoredBlock, TablesView, VoterSetChange,
 };
-pub use store::{Store, StoreOptions, DEFAULT_CACHE_BYTES};
+pub use store::{
+    Store, StoreOptions, DEFAULT_BACKGROUND_NICE, DEFAULT_CACHE_BYTES, MAX_BACKGROUND_NICE,
+};
 pub use syncer::{set_sync_observer, SyncObserver, SyncedFile};

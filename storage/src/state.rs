@@ -1274,7 +1274,10 @@ mod measure {
         let cache_bytes = std::env::var("MEASURE_CACHE_BYTES")
             .map(|v| v.parse().expect("MEASURE_CACHE_BYTES"))
             .unwrap_or(crate::DEFAULT_CACHE_BYTES);
-        let options = crate::StoreOptions { cache_bytes };
+        let options = crate::StoreOptions {
+            cache_bytes,
+            ..Default::default()
+        };
         let store = crate::Store::open_with(dir.path(), options).expect("open");
         let tables = store.state();
         run(

@@ -100,15 +100,32 @@ pub struct StoreOptions {
     /// grow with the chain, left it (docs/PERFORMANCE.md, "Memory" and
     /// "State tables in an LSM").
     pub cache_bytes: u64,
+    /// How much lower than the node's own threads the state tables'
+    /// background threads (fjall's memtable flushes and compactions) run,
+    /// as a nice increment (0 = the same priority, at most 19; Linux only).
+    /// A flush or compaction is a burst of CPU work that nothing waits
+    /// for, unlike the writes behind a commit; at the same priority it
+    /// took the cores from the commit path for a few hundred milliseconds
+    /// every few seconds (docs/PERFORMANCE.md, "Background work of the
+    /// state tables").
+    pub background_nice: u8,
 }
 
 /// The default [`StoreOptions::cache_bytes`]: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
+/// The default [`StoreOptions::background_nice`].
+pub const DEFAULT_BACKGROUND_NICE: u8 = 10;
+
+/// The largest [`StoreOptions::background_nice`]: 19 is Linux's lowest
+/// priority above `SCHED_IDLE`.
+pub const MAX_BACKGROUND_NICE: u8 = 19;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
+            background_nice: DEFAULT_BACKGROUND_NICE,
         }
     }
 }
@@ -331,12 +348,11 @@ fn open_sled(sled_dir: &Path, cache_bytes: u64) -> std::result::Result<sled::Db,
 fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<StateTables> {
     let path = dir.join(STATE_DIR);
     let fail = |e| StorageError::state("open", &path, e);
-    let keyspace = fjall::Config::new(&path)
+    let config = fjall::Config::new(&path)
         .cache_size(options.cache_bytes / STATE_CACHE_SHARE)
         .max_write_buffer_size(STATE_WRITE_BUFFER_BYTES)
-        .max_journaling_size(STATE_JOURNAL_BYTES)
-        .open()
-        .map_err(fail)?;
+        .max_journaling_size(STATE_JOURNAL_BYTES);
+    let keyspace = open_keyspace(config, options.background_nice, &path)?.map_err(fail)?;
     let tables = keyspace
         .open_partition(
             STATE_PARTITION,
@@ -347,6 +363,70 @@ fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<
     sync_dir(&path)?;
     sync_dir(dir)?;
     Ok(StateTables::new(keyspace, tables, &path, faults.clone()))
+}
+
+/// Opens the keyspace on a short-lived thread whose nice value is raised by
+/// `nice` first. fjall starts its flush, compaction and monitor threads
+/// inside `open`, the flush thread starts one more thread per flush, and a
+/// Linux
+/// thread starts with the nice value of the thread that created it. So
+/// every background thread of the keyspace runs at the lower priority,
+/// with no race against threads that fjall names or starts later, while
+/// the writes made on the caller's threads (journal appends, memtable
+/// inserts) keep theirs. Recovery (replaying the journal) also runs on the
+/// opening thread, so a restart under full load takes a little longer.
+///
+/// The outer error is ours (the thread could not be started); the inner
+/// one is fjall's.
+fn open_keyspace(
+    config: fjall::Config,
+    nice: u8,
+    path: &Path,
+) -> Result<fjall::Result<fjall::Keyspace>> {
+    if nice == 0 {
+        return Ok(config.open());
+    }
+    let opener = std::thread::Builder::new()
+        .name("bizra-state-open".into())
+        .spawn(move || {
+            lower_this_thread_priority(nice);
+            config.open()
+        })
+        .map_err(|e| StorageError::io("start the thread that opens", path, e))?;
+    match opener.join() {
+        Ok(opened) => Ok(opened),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Adds `nice` to the calling thread's nice value (Linux: per thread).
+/// Lowering one's own priority needs no privilege; if it fails anyway the
+/// store still works, at the same priority, so this only warns.
+fn lower_this_thread_priority(nice: u8) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls about the calling thread only: on Linux,
+        // PRIO_PROCESS with a thread id names that one thread. getpriority
+        // may return -1 as a valid nice value, hence the errno check.
+        let (tid, now, now_errno) = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            (tid, now, *libc::__errno_location())
+        };
+        let now = if now_errno == 0 { now } else { 0 };
+        let target = (now + i32::from(nice)).min(i32::from(MAX_BACKGROUND_NICE));
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, target) } != 0 {
+            tracing::warn!(
+                nice,
+                error = %io::Error::last_os_error(),
+                "could not lower the priority of the state tables' background threads"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// fjall's block cache gets `cache_bytes / STATE_CACHE_SHARE`: it weighs a

@@ -241,3 +241,63 @@ fn ops_low_disk_is_a_ready_warning_not_unready() {
         "{warning}"
     );
 }
+
+/// Name and nice value of every thread of process `pid`
+/// (`/proc/PID/task/*/stat`: the name in parentheses, nice in field 19).
+fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's /proc entry");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path().join("stat");
+            let stat = std::fs::read_to_string(path).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+/// `storage.background_nice` lowers the priority of the state tables'
+/// background threads of a running node (fjall's flusher, compactor and
+/// monitor), and only theirs: an operator sees it with
+/// `ps -L -o tid,ni,comm -p PID`.
+#[cfg(target_os = "linux")]
+#[test]
+fn ops_background_nice_lowers_only_the_state_tables_threads() {
+    let cluster = Cluster::start(
+        ClusterSpec::new(1)
+            .start_timeout(START)
+            .node_config("storage.background_nice", 7),
+    )
+    .expect("start a 1-node cluster");
+    cluster.leader(START).expect("a leader");
+    let pid = cluster.pid(0).expect("the node runs");
+    // The node itself runs at the testnet's priority (that of this test).
+    let own = thread_priorities(std::process::id())
+        .first()
+        .map(|(_, nice)| *nice)
+        .expect("this test's own threads");
+    let expected = (own + 7).min(19);
+    let threads = wait_until(START, "fjall's flusher and compactor threads", || {
+        let all = thread_priorities(pid);
+        let background = all
+            .iter()
+            .filter(|(name, _)| name == "flusher" || name == "compactor")
+            .count();
+        if background >= 2 {
+            Ok(all)
+        } else {
+            Err(format!("{all:?}"))
+        }
+    })
+    .expect("the state tables' threads run");
+    for (name, nice) in &threads {
+        match name.as_str() {
+            "flusher" | "compactor" | "monitor" => {
+                assert_eq!(*nice, expected, "{name}: {threads:?}")
+            }
+            _ => assert_eq!(*nice, own, "{name}: {threads:?}"),
+        }
+    }
+}

@@ -635,3 +635,80 @@ fn a_view_exports_the_state_when_taken_not_later_commits() {
     assert_eq!(b.export().expect("export"), data);
     assert_ne!(a.export().expect("export"), data);
 }
+
+/// Threads of this process whose name is one of `names`, with their nice
+/// values (`/proc/self/task/*/stat`, field 19).
+#[cfg(target_os = "linux")]
+fn threads_named(names: &[&str]) -> Vec<(u32, i32)> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    tasks
+        .filter_map(|task| {
+            let tid: u32 = task.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1;
+            // After the name: field 3 (state) is the first, so 19 is the 17th.
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            names.contains(&name).then_some((tid, nice))
+        })
+        .collect()
+}
+
+/// fjall's flush and compaction threads run `background_nice` below the
+/// thread that opened the store, and the opener's own priority is kept.
+/// Uses the default increment, so that stores other tests of this binary
+/// open meanwhile (under `cargo test`, threads of one process) cannot make
+/// it fail.
+#[cfg(target_os = "linux")]
+#[test]
+fn state_tables_background_threads_run_at_a_lower_priority() {
+    use bizra_storage::{StoreOptions, DEFAULT_BACKGROUND_NICE, MAX_BACKGROUND_NICE};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    const NAMES: [&str; 2] = ["flusher", "compactor"];
+    let own_nice = || {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("read own stat");
+        let rest = stat.rsplit_once(')').expect("stat has a name").1;
+        rest.split_whitespace()
+            .nth(16)
+            .expect("nice field")
+            .parse::<i32>()
+            .expect("nice")
+    };
+    let nice_before = own_nice();
+    let existing: HashSet<u32> = threads_named(&NAMES).into_iter().map(|(t, _)| t).collect();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions::default();
+    assert_eq!(options.background_nice, DEFAULT_BACKGROUND_NICE);
+    let store = Store::open_with(dir.path(), options).expect("open store");
+
+    // A new thread names itself once it runs, so wait (bounded) for both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let started = loop {
+        let new: Vec<(u32, i32)> = threads_named(&NAMES)
+            .into_iter()
+            .filter(|(tid, _)| !existing.contains(tid))
+            .collect();
+        if new.len() >= 2 || Instant::now() > deadline {
+            break new;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        started.len() >= 2,
+        "expected a flusher and a compactor thread, found {started:?}"
+    );
+    let expected =
+        (nice_before + i32::from(DEFAULT_BACKGROUND_NICE)).min(i32::from(MAX_BACKGROUND_NICE));
+    for (tid, nice) in &started {
+        assert_eq!(*nice, expected, "thread {tid} of the state tables");
+    }
+    assert_eq!(
+        own_nice(),
+        nice_before,
+        "the opening thread keeps its priority"
+    );
+    drop(store);
+}
