@@ -368,9 +368,8 @@ fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<
 /// Opens the keyspace on a short-lived thread whose nice value is raised by
 /// `nice` first. fjall starts its flush, compaction and monitor threads
 /// inside `open`, the flush thread starts one more thread per flush, and a
-/// Linux
-/// thread starts with the nice value of the thread that created it. So
-/// every background thread of the keyspace runs at the lower priority,
+/// Linux thread starts with the nice value of the thread that created it.
+/// So every background thread of the keyspace runs at the lower priority,
 /// with no race against threads that fjall names or starts later, while
 /// the writes made on the caller's threads (journal appends, memtable
 /// inserts) keep theirs. Recovery (replaying the journal) also runs on the

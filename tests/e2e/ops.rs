@@ -244,6 +244,7 @@ fn ops_low_disk_is_a_ready_warning_not_unready() {
 
 /// Name and nice value of every thread of process `pid`
 /// (`/proc/PID/task/*/stat`: the name in parentheses, nice in field 19).
+#[cfg(target_os = "linux")]
 fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's /proc entry");
     tasks
@@ -294,7 +295,9 @@ fn ops_background_nice_lowers_only_the_state_tables_threads() {
     .expect("the state tables' threads run");
     for (name, nice) in &threads {
         match name.as_str() {
-            "flusher" | "compactor" | "monitor" => {
+            // The opening thread ("bizra-state-open", 15 bytes kept) has
+            // exited by now, but a scan may still list it.
+            "flusher" | "compactor" | "monitor" | "bizra-state-ope" => {
                 assert_eq!(*nice, expected, "{name}: {threads:?}")
             }
             _ => assert_eq!(*nice, own, "{name}: {threads:?}"),
