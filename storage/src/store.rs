@@ -352,7 +352,7 @@ fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<
         .cache_size(options.cache_bytes / STATE_CACHE_SHARE)
         .max_write_buffer_size(STATE_WRITE_BUFFER_BYTES)
         .max_journaling_size(STATE_JOURNAL_BYTES);
-    let keyspace = open_keyspace(config, options.background_nice, &path)?.map_err(fail)?;
+    let keyspace = open_keyspace(config, options.background_nice, &path)?;
     let tables = keyspace
         .open_partition(
             STATE_PARTITION,
@@ -374,28 +374,22 @@ fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<
 /// the writes made on the caller's threads (journal appends, memtable
 /// inserts) keep theirs. Recovery (replaying the journal) also runs on the
 /// opening thread, so a restart under full load takes a little longer.
-///
-/// The outer error is ours (the thread could not be started); the inner
-/// one is fjall's.
-fn open_keyspace(
-    config: fjall::Config,
-    nice: u8,
-    path: &Path,
-) -> Result<fjall::Result<fjall::Keyspace>> {
-    if nice == 0 {
-        return Ok(config.open());
-    }
-    let opener = std::thread::Builder::new()
-        .name("bizra-state-open".into())
-        .spawn(move || {
-            lower_this_thread_priority(nice);
-            config.open()
-        })
-        .map_err(|e| StorageError::io("start the thread that opens", path, e))?;
-    match opener.join() {
-        Ok(opened) => Ok(opened),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+fn open_keyspace(config: fjall::Config, nice: u8, path: &Path) -> Result<fjall::Keyspace> {
+    let opened = if nice == 0 {
+        config.open()
+    } else {
+        let opener = std::thread::Builder::new()
+            .name("bizra-state-open".into())
+            .spawn(move || {
+                lower_this_thread_priority(nice);
+                config.open()
+            })
+            .map_err(|e| StorageError::io("start the thread that opens", path, e))?;
+        opener
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    };
+    opened.map_err(|e| StorageError::state("open", path, e))
 }
 
 /// Adds `nice` to the calling thread's nice value (Linux: per thread).
