@@ -162,6 +162,10 @@ pub async fn run_in(
         bizra_storage::StoreOptions {
             cache_bytes: config.storage.cache_bytes,
             background_nice: config.storage.background_nice,
+            state_compaction: config
+                .storage
+                .state_compaction()
+                .map_err(NodeError::Config)?,
         },
     )
     .await

@@ -91,6 +91,7 @@ pub use state::{
     StoredAttestation, StoredBlock, TablesView, VoterSetChange,
 };
 pub use store::{
-    Store, StoreOptions, DEFAULT_BACKGROUND_NICE, DEFAULT_CACHE_BYTES, MAX_BACKGROUND_NICE,
+    StateCompaction, Store, StoreOptions, DEFAULT_BACKGROUND_NICE, DEFAULT_CACHE_BYTES,
+    MAX_BACKGROUND_NICE,
 };
 pub use syncer::{set_sync_observer, SyncObserver, SyncedFile};

@@ -288,6 +288,13 @@ impl StateTables {
         }
     }
 
+    /// The compaction strategy these tables were created with, which is
+    /// the one in force whatever a later open asked for; `None` for one
+    /// this crate never creates.
+    pub fn compaction(&self) -> Option<crate::StateCompaction> {
+        crate::StateCompaction::of(&self.tables.config.compaction_strategy)
+    }
+
     fn err(&self, op: &'static str, e: fjall::Error) -> StorageError {
         StorageError::state(op, &self.dir, e)
     }

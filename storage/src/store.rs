@@ -109,6 +109,73 @@ pub struct StoreOptions {
     /// every few seconds (docs/PERFORMANCE.md, "Background work of the
     /// state tables").
     pub background_nice: u8,
+    /// How the state tables merge their sorted files, when they are
+    /// created. fjall keeps the strategy a partition was created with, so
+    /// an existing store keeps its own (see [`StateCompaction`]).
+    pub state_compaction: StateCompaction,
+}
+
+/// How the state tables' sorted files are merged (fjall's compaction
+/// strategy), chosen when the tables are created.
+///
+/// Attestation ids are hashes, so every new sorted file spans the whole
+/// key range. Leveled compaction (fjall's default) then rewrites all of
+/// level 1 each time level 0 fills, until level 1 reaches its 256 MiB
+/// target. Size-tiered merges only files of about the same size: fewer
+/// bytes written per attestation and less CPU, for more files to consult
+/// on a read, which the per-file bloom filters keep cheap for the state
+/// machine's point reads (docs/PERFORMANCE.md, "Compaction of the state
+/// tables").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateCompaction {
+    /// Size-tiered: four files of a size are merged into one of the next.
+    #[default]
+    Tiered,
+    /// Leveled, fjall's default (the only strategy before this setting).
+    Leveled,
+}
+
+impl StateCompaction {
+    /// The setting's values, as the config spells them.
+    pub const NAMES: [&'static str; 2] = ["tiered", "leveled"];
+
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateCompaction::Tiered => "tiered",
+            StateCompaction::Leveled => "leveled",
+        }
+    }
+
+    /// The strategy named `name` (one of [`StateCompaction::NAMES`]).
+    pub fn parse(name: &str) -> Option<StateCompaction> {
+        match name {
+            "tiered" => Some(StateCompaction::Tiered),
+            "leveled" => Some(StateCompaction::Leveled),
+            _ => None,
+        }
+    }
+
+    /// fjall's strategy. Tiered: level 0 is merged at four memtables
+    /// (32 MiB), each level after at four files of the level's size.
+    fn strategy(self) -> fjall::compaction::Strategy {
+        match self {
+            StateCompaction::Tiered => fjall::compaction::Strategy::SizeTiered(
+                fjall::compaction::SizeTiered::new(STATE_MEMTABLE_BYTES, 4),
+            ),
+            StateCompaction::Leveled => fjall::compaction::Strategy::default(),
+        }
+    }
+
+    /// The strategy a partition holds; `None` for one this node never
+    /// creates (FIFO).
+    pub(crate) fn of(strategy: &fjall::compaction::Strategy) -> Option<StateCompaction> {
+        match strategy {
+            fjall::compaction::Strategy::SizeTiered(_) => Some(StateCompaction::Tiered),
+            fjall::compaction::Strategy::Leveled(_) => Some(StateCompaction::Leveled),
+            fjall::compaction::Strategy::Fifo(_) => None,
+        }
+    }
 }
 
 /// The default [`StoreOptions::cache_bytes`]: 256 MiB.
@@ -126,6 +193,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             background_nice: DEFAULT_BACKGROUND_NICE,
+            state_compaction: StateCompaction::default(),
         }
     }
 }
@@ -356,9 +424,19 @@ fn open_state(dir: &Path, options: StoreOptions, faults: &FaultLatch) -> Result<
     let tables = keyspace
         .open_partition(
             STATE_PARTITION,
-            fjall::PartitionCreateOptions::default().max_memtable_size(STATE_MEMTABLE_BYTES),
+            fjall::PartitionCreateOptions::default()
+                .max_memtable_size(STATE_MEMTABLE_BYTES)
+                .compaction_strategy(options.state_compaction.strategy()),
         )
         .map_err(fail)?;
+    let held = StateCompaction::of(&tables.config.compaction_strategy);
+    if held != Some(options.state_compaction) {
+        tracing::info!(
+            requested = options.state_compaction.as_str(),
+            kept = held.map_or("fifo", StateCompaction::as_str),
+            "the state tables keep the compaction strategy they were created with"
+        );
+    }
     // fjall creates its directories without syncing their entries.
     sync_dir(&path)?;
     sync_dir(dir)?;

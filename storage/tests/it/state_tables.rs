@@ -712,3 +712,40 @@ fn state_tables_background_threads_run_at_a_lower_priority() {
     );
     drop(store);
 }
+
+/// The compaction strategy is chosen when the state tables are created:
+/// a new store takes the requested one (tiered by default), and a store
+/// reopened with another request keeps its own, since fjall persists the
+/// strategy with the partition.
+#[test]
+fn state_tables_keep_the_compaction_strategy_they_were_created_with() {
+    use bizra_storage::{StateCompaction, StoreOptions};
+
+    let with = |state_compaction| StoreOptions {
+        state_compaction,
+        ..StoreOptions::default()
+    };
+    assert_eq!(
+        StoreOptions::default().state_compaction,
+        StateCompaction::Tiered
+    );
+
+    let tiered = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_with(tiered.path(), StoreOptions::default()).expect("open");
+    assert_eq!(store.state().compaction(), Some(StateCompaction::Tiered));
+    drop(store);
+    let store = Store::open_with(tiered.path(), with(StateCompaction::Leveled)).expect("reopen");
+    assert_eq!(
+        store.state().compaction(),
+        Some(StateCompaction::Tiered),
+        "an existing store keeps the strategy it was created with"
+    );
+    drop(store);
+
+    let leveled = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_with(leveled.path(), with(StateCompaction::Leveled)).expect("open");
+    assert_eq!(store.state().compaction(), Some(StateCompaction::Leveled));
+    drop(store);
+    let store = Store::open_with(leveled.path(), StoreOptions::default()).expect("reopen");
+    assert_eq!(store.state().compaction(), Some(StateCompaction::Leveled));
+}
