@@ -388,6 +388,18 @@ fn every_validation_error_names_key_source_and_range() {
         &[],
         &["rpc.listen", "IP:port", "flag --rpc-listen"],
     );
+    // A string that names none of the key's values.
+    refused(
+        d,
+        &["start"],
+        &[("BIZRA_STORAGE_STATE_COMPACTION", "fifo")],
+        &[
+            "storage.state_compaction",
+            "`fifo`",
+            "tiered, leveled",
+            "environment variable BIZRA_STORAGE_STATE_COMPACTION",
+        ],
+    );
     // None of these got as far as the data directory.
     assert!(
         !d.join("data").exists(),
