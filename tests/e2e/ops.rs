@@ -304,3 +304,56 @@ fn ops_background_nice_lowers_only_the_state_tables_threads() {
         }
     }
 }
+
+/// `storage.state_compaction` applies when a node's state tables are
+/// created. A node restarted with the other setting keeps the strategy its
+/// data directory was created with, says so in its log once it starts, and
+/// still serves what it committed before.
+#[test]
+fn ops_state_compaction_is_kept_from_creation_across_a_restart() {
+    const LINE: &str = "the state tables keep the compaction strategy they were created with";
+    let cluster = Cluster::start(
+        ClusterSpec::new(1)
+            .start_timeout(START)
+            .node_config("storage.state_compaction", "leveled"),
+    )
+    .expect("start a 1-node cluster");
+    cluster.leader(START).expect("a leader");
+    let key = crate::support::attester();
+    let attestation = crate::support::valid(&cluster, &key, "compaction");
+    let receipt = crate::support::commit(&cluster, 0, &attestation);
+    let log = std::fs::read_to_string(cluster.log_path(0)).expect("read the node's log");
+    assert!(
+        !log.contains(LINE),
+        "tables created with the requested strategy need no note:\n{log}"
+    );
+
+    cluster.stop(0).expect("stop the node");
+    let config = cluster.config_path(0);
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    let leveled = "state_compaction = \"leveled\"";
+    assert!(text.contains(leveled), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(leveled, "state_compaction = \"tiered\""),
+    )
+    .expect("write the config");
+    cluster.restart(0).expect("restart the node");
+    cluster.leader(START).expect("a leader after the restart");
+
+    let log = std::fs::read_to_string(cluster.log_path(0)).expect("read the node's log");
+    let note = log
+        .lines()
+        .find(|l| l.contains(LINE))
+        .unwrap_or_else(|| panic!("no `{LINE}` in the log:\n{log}"));
+    assert!(
+        note.contains("tiered") && note.contains("leveled"),
+        "the note names what was asked and what is kept: {note}"
+    );
+    let id = receipt["id"].as_str().expect("receipt id");
+    let stored = cluster
+        .call(0, "poi_getAttestation", serde_json::json!([id]))
+        .expect("read the attestation back");
+    assert_eq!(stored["id"], receipt["id"], "{stored}");
+    assert_eq!(stored["block_hash"], receipt["block_hash"], "{stored}");
+}
