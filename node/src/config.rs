@@ -248,7 +248,9 @@ impl StorageSection {
                 reason: format!(
                     "`{}` is not a compaction strategy; use one of: {}",
                     self.state_compaction,
-                    bizra_storage::StateCompaction::NAMES.join(", ")
+                    bizra_storage::StateCompaction::ALL
+                        .map(|s| s.as_str())
+                        .join(", ")
                 ),
             }
         })

@@ -136,10 +136,10 @@ pub enum StateCompaction {
 }
 
 impl StateCompaction {
-    /// The setting's values, as the config spells them.
-    pub const NAMES: [&'static str; 2] = ["tiered", "leveled"];
+    /// Every strategy, in the order the config's error lists them.
+    pub const ALL: [StateCompaction; 2] = [StateCompaction::Tiered, StateCompaction::Leveled];
 
-    /// The config's spelling.
+    /// The config's spelling, the only place it is written.
     pub fn as_str(self) -> &'static str {
         match self {
             StateCompaction::Tiered => "tiered",
@@ -147,13 +147,9 @@ impl StateCompaction {
         }
     }
 
-    /// The strategy named `name` (one of [`StateCompaction::NAMES`]).
+    /// The strategy whose [`StateCompaction::as_str`] is `name`.
     pub fn parse(name: &str) -> Option<StateCompaction> {
-        match name {
-            "tiered" => Some(StateCompaction::Tiered),
-            "leveled" => Some(StateCompaction::Leveled),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// fjall's strategy. Tiered: level 0 is merged at four memtables
