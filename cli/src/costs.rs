@@ -148,10 +148,14 @@ pub(crate) fn costs(args: CostsArgs) -> Result<()> {
                 "cpu_us_per_att": per_att_us,
                 "limit_per_s": limit,
                 "count": count,
+                "signature_backend": bizra_crypto::signature_backend(),
             })
         );
     } else {
-        println!("per attestation on this machine ({count} timed, one core):");
+        println!(
+            "per attestation on this machine ({count} timed, one core, signature backend {}):",
+            bizra_crypto::signature_backend()
+        );
         println!("  verify_strict (apply, every node)      {strict_us:8.2} us");
         println!(
             "  batch verify share (admission, 1 node) {batch_us:8.2} us  (batches of {BLOCK})"

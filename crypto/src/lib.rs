@@ -24,8 +24,10 @@
 //! - [`Genesis`]: the cluster's genesis file.
 //! - [`Receipt`], [`verify_receipt_json`]: offline proof that an attestation
 //!   is in a finalized block.
+//! - [`signature_backend`]: which arithmetic backend verifies signatures.
 
 mod attestation;
+mod backend;
 mod block;
 pub mod codec;
 mod error;
@@ -44,6 +46,7 @@ mod verifier;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 pub use attestation::{verify_batch, Attestation, MAX_AHSAN_SCORE, MAX_CONTEXT_BYTES};
+pub use backend::signature_backend;
 pub use block::BlockHeader;
 pub use error::{
     AttestationError, CertificateError, CodecError, CryptoError, HexError, ReceiptFailure,

@@ -374,6 +374,7 @@ pub async fn run_in(
         rpc = %rpc_addr,
         p2p = ?p2p.listen_addrs(),
         region = %config.region,
+        signature_backend = bizra_crypto::signature_backend(),
         "node started"
     );
 

@@ -92,6 +92,13 @@ struct LeaderLabels {
     leader_id: String,
 }
 
+/// Labels of `bizra_signature_backend_info`: the arithmetic that verifies
+/// signatures in this process (`avx512ifma`, `avx2` or `portable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+}
+
 /// Labels of `bizra_auth_refused_total`: why a client request was refused
 /// before admission (`missing`, `invalid`, `expired`, `rate_limited`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -499,6 +506,19 @@ impl Metrics {
             "bizra_runtime_worker_threads",
             "Worker threads of the node's async runtime (runtime.worker_threads; 0 there means one per core)",
             m.runtime_workers.clone(),
+        );
+        // Fixed for the life of the process; it sets the largest CPU cost
+        // per attestation, so a slow node can be told from a slow build.
+        let backend = Family::<BackendLabels, Gauge>::default();
+        backend
+            .get_or_create(&BackendLabels {
+                backend: bizra_crypto::signature_backend(),
+            })
+            .set(1);
+        r.register(
+            "bizra_signature_backend_info",
+            "Always 1; its label names the arithmetic that verifies Ed25519 signatures here (avx512ifma, avx2 or portable)",
+            backend,
         );
         r.register(
             "bizra_auth_refused",

@@ -251,6 +251,14 @@ fn metrics_and_readiness_on_a_real_cluster() {
             bizra_testnet::shared_worker_threads(cluster.len()) as f64,
             "node-{node}"
         );
+        // One sample, 1, labelled with the backend this build picks here.
+        assert_eq!(
+            m.all("bizra_signature_backend_info")
+                .map(|s| (s.labels.get("backend").map(str::to_string), scalar(s)))
+                .collect::<Vec<_>>(),
+            vec![(Some(bizra_crypto::signature_backend().to_string()), 1.0)],
+            "node-{node}"
+        );
         assert!(
             m.value("bizra_attestations_committed_total") >= f64::from(submitted),
             "node-{node}"

@@ -176,6 +176,13 @@ fn ops_check_costs_states_the_cpu_limit_and_cleans_up() {
         "{report}"
     );
     assert_eq!(report["count"], 512, "{report}");
+    // The same build on the same CPU: the node binary picks the backend this
+    // test process would.
+    assert_eq!(
+        report["signature_backend"],
+        bizra_crypto::signature_backend(),
+        "{report}"
+    );
     assert!(
         entries(tmp.path()).is_empty(),
         "the temp store is removed: {:?}",
