@@ -1065,6 +1065,35 @@ mod tests {
         assert!(!batch_has_server_error("not json"));
     }
 
+    /// docs/OPERATIONS.md, section 11, is the operators' list of every
+    /// metric and what to alert on; a metric without a row there is one
+    /// they do not know to watch.
+    #[test]
+    fn every_metric_has_a_row_in_the_operations_guide() {
+        let guide = include_str!("../../docs/OPERATIONS.md");
+        let text = Metrics::new(Duration::from_millis(50))
+            .encode()
+            .expect("encodes");
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(families.len() > 30, "{text}");
+        // A row names the family as written (`x`), with labels (`x{…}`) or
+        // with a counter's or a histogram's suffix.
+        let documented = |name: &str| {
+            ["`", "{", "_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .any(|end| guide.contains(&format!("| `{name}{end}")))
+        };
+        let missing: Vec<&str> = families.into_iter().filter(|n| !documented(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "metrics without a row in docs/OPERATIONS.md, section 11: {missing:?}"
+        );
+    }
+
     #[test]
     fn slow_or_failed_requests_lower_the_score() {
         let m = Metrics::new(Duration::from_millis(50));
