@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, watch};
 use crate::admission::Checks;
 use crate::api::ApiError;
 use crate::node::Node;
-use crate::pool::Inserted;
 
 /// Most attestations in one gossip message.
 pub(crate) const MAX_GOSSIP_BATCH: usize = 512;
@@ -190,9 +189,9 @@ pub(crate) async fn on_message(node: &Node, from: [u8; 32], data: &[u8], verdict
     let mut added = false;
     for (att, result) in fresh.into_iter().zip(results) {
         match result {
-            Ok(id) => match node.pool.insert(id, att) {
-                Ok(Inserted::New) => added = true,
-                Ok(Inserted::Present) => {}
+            Ok(id) => match node.insert_pending(id, att) {
+                Ok(true) => added = true,
+                Ok(false) => {}
                 // Full: the re-publish tick of its origin brings it back.
                 Err(_) => {}
             },

@@ -118,7 +118,7 @@ impl Node {
         if let Some(reply) = self.committed_reply(&id)? {
             return Ok(reply);
         }
-        if self.pool.insert(id, attestation.clone())? == Inserted::New {
+        if self.insert_pending(id, attestation.clone())? {
             self.gossip.send(attestation);
             self.wake_proposer.notify_one();
         }
@@ -154,6 +154,43 @@ impl Node {
             duplicate: false,
             finalized: false,
         })
+    }
+
+    /// Puts an admitted attestation into the pending pool; true when it is
+    /// newly pending there (the caller gossips it and wakes the proposer).
+    ///
+    /// The pool hears of commits from the follower task, which settles each
+    /// block's ids once, after the block is applied. Callers look for the
+    /// id in the state tables before this, but the signature check in
+    /// between can wait in the admission queue while the block is applied
+    /// and settled. An entry inserted after its block was settled would
+    /// stay pending until it expired: re-published to every validator
+    /// every few seconds, and holding pool capacity that clients then find
+    /// full. So this looks again after inserting: either that look sees
+    /// the block, or the block is settled after the insert.
+    pub(crate) fn insert_pending(
+        &self,
+        id: Hash,
+        attestation: Attestation,
+    ) -> Result<bool, ApiError> {
+        if self.pool.insert(id, attestation)? == Inserted::Present {
+            return Ok(false);
+        }
+        match self.committed_reply(&id) {
+            Ok(Some(SubmitReply {
+                placement: Some(placement),
+                ..
+            })) => {
+                self.pool.committed(&id, placement);
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            // Pending, as it was before this look; expiry still bounds it.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a newly pending attestation in the state tables");
+                Ok(true)
+            }
+        }
     }
 
     /// The duplicate answer for an id that is already committed here.

@@ -26,10 +26,6 @@ const KILL_AFTER: usize = 300;
 /// Upper bound for a `bizra-node bench` run (its own cap is lower).
 const BENCH_PROCESS: Duration = Duration::from_secs(240);
 
-fn urls(cluster: &Cluster) -> Vec<String> {
-    (0..cluster.len()).map(|i| cluster.rpc_url(i)).collect()
-}
-
 /// Every attestation id in every block of node `node`, in chain order.
 fn all_block_ids(cluster: &Cluster, node: usize) -> Vec<String> {
     let (height, _) = cluster
@@ -62,7 +58,7 @@ fn resilience_leader_kill_9_under_client_load_keeps_every_ack_once() {
         deadline: Duration::from_secs(120),
         ..Policy::default()
     };
-    let client = Client::new(urls(&cluster), policy).expect("a client");
+    let client = Client::new(support::rpc_urls(&cluster), policy).expect("a client");
     let key = support::attester();
     // Signed up front: the load is the cluster's, not the signer's.
     let attestations: Vec<Value> = (0..COUNT)
@@ -264,7 +260,7 @@ fn resilience_bench_json_survives_a_leader_kill_9_and_reports_retries() {
         .expect("chain_head")
         .map_or(0, |h| h.0);
     let mut args: Vec<String> = vec!["bench".into(), "--rpc".into()];
-    args.extend(urls(&cluster));
+    args.extend(support::rpc_urls(&cluster));
     args.extend(
         [
             "--count",

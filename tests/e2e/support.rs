@@ -21,6 +21,11 @@ pub(crate) fn start(n: usize) -> Cluster {
 }
 
 /// A fresh attester key.
+/// Every node's JSON-RPC URL, for `bizra-node bench --rpc`.
+pub(crate) fn rpc_urls(cluster: &Cluster) -> Vec<String> {
+    (0..cluster.len()).map(|i| cluster.rpc_url(i)).collect()
+}
+
 pub(crate) fn attester() -> SigningKey {
     bizra_testnet::new_attester().expect("OS randomness")
 }
