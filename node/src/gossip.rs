@@ -173,6 +173,8 @@ pub(crate) async fn on_message(node: &Node, from: [u8; 32], data: &[u8], verdict
         verdict.reject();
         return;
     }
+    // Before the state-table looks below: see Node::insert_pending.
+    let mark = node.pool.settled_mark();
     let fresh: Vec<Attestation> = batch
         .attestations
         .into_iter()
@@ -189,7 +191,7 @@ pub(crate) async fn on_message(node: &Node, from: [u8; 32], data: &[u8], verdict
     let mut added = false;
     for (att, result) in fresh.into_iter().zip(results) {
         match result {
-            Ok(id) => match node.insert_pending(id, att) {
+            Ok(id) => match node.insert_pending(id, att, mark) {
                 Ok(true) => added = true,
                 Ok(false) => {}
                 // Full: the re-publish tick of its origin brings it back.

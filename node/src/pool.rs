@@ -10,7 +10,7 @@
 //! a refusal). Uses a std mutex held only for map operations, never across
 //! an `.await`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,13 @@ use tokio::sync::oneshot;
 
 use crate::api::ApiError;
 use crate::submit::Placement;
+
+/// How many settled ids a pool remembers, so that an insert that raced
+/// with its block's settling is caught without a state-table read (see
+/// [`Pool::insert`]). 16 384 ids are about 1 MiB, and two seconds of
+/// commits at the highest rates measured here, far longer than a
+/// signature check waits.
+const RECENTLY_SETTLED: usize = 16_384;
 
 /// What a waiting client is told.
 pub(crate) type WaitResult = Result<Placement, ApiError>;
@@ -40,6 +47,11 @@ struct Inner {
     order: BTreeMap<u64, Hash>,
     next_seq: u64,
     waiters: HashMap<Hash, Vec<oneshot::Sender<WaitResult>>>,
+    /// Calls of [`Pool::committed`] so far: callers' marks.
+    settled: u64,
+    /// The latest settled ids, oldest first, and the same as a set.
+    recent: VecDeque<Hash>,
+    recent_ids: HashSet<Hash>,
 }
 
 /// Outcome of [`Pool::insert`].
@@ -49,6 +61,11 @@ pub(crate) enum Inserted {
     New,
     /// Already pending.
     Present,
+    /// Settled (committed here) since the caller's mark: not inserted.
+    Settled,
+    /// Inserted, but more ids were settled since the caller's mark than
+    /// the pool remembers: the caller must look in the state tables.
+    Unsure,
 }
 
 /// The pending pool of one node.
@@ -56,6 +73,7 @@ pub(crate) struct Pool {
     inner: Mutex<Inner>,
     capacity: usize,
     max_waiters: usize,
+    recent_capacity: usize,
     /// `bizra_submit_commit_latency_seconds`, when metrics are on.
     commit_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -68,8 +86,22 @@ impl Pool {
             inner: Mutex::new(Inner::default()),
             capacity,
             max_waiters: capacity,
+            recent_capacity: RECENTLY_SETTLED,
             commit_latency: None,
         }
+    }
+
+    #[cfg(test)]
+    fn with_recent_capacity(mut self, n: usize) -> Pool {
+        self.recent_capacity = n;
+        self
+    }
+
+    /// How many ids this pool has settled so far. A caller takes it before
+    /// it looks for an id in the state tables, and hands it to
+    /// [`Pool::insert`] after the signature check.
+    pub(crate) fn settled_mark(&self) -> u64 {
+        self.lock().settled
     }
 
     /// Observes admission → applied time of every committed entry into `h`.
@@ -87,11 +119,28 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds an admitted attestation; OVERLOADED when the pool is full.
-    pub(crate) fn insert(&self, id: Hash, attestation: Attestation) -> Result<Inserted, ApiError> {
+    /// Adds an admitted attestation that was not committed when the
+    /// caller looked, after taking `mark` ([`Pool::settled_mark`]);
+    /// OVERLOADED when the pool is full.
+    ///
+    /// The follower task settles each block's ids once. An id settled
+    /// between the caller's look and this insert would otherwise stay
+    /// pending until it expired, re-published every few seconds. The pool
+    /// remembers the ids it settled lately: one of them is refused
+    /// ([`Inserted::Settled`]). If more were settled since `mark` than it
+    /// remembers, it inserts and answers [`Inserted::Unsure`].
+    pub(crate) fn insert(
+        &self,
+        id: Hash,
+        attestation: Attestation,
+        mark: u64,
+    ) -> Result<Inserted, ApiError> {
         let mut inner = self.lock();
         if inner.entries.contains_key(&id) {
             return Ok(Inserted::Present);
+        }
+        if inner.recent_ids.contains(&id) {
+            return Ok(Inserted::Settled);
         }
         if inner.entries.len() >= self.capacity {
             return Err(self.overloaded());
@@ -110,6 +159,9 @@ impl Pool {
             },
         );
         inner.order.insert(seq, id);
+        if inner.settled.saturating_sub(mark) > self.recent_capacity as u64 {
+            return Ok(Inserted::Unsure);
+        }
         Ok(Inserted::New)
     }
 
@@ -194,6 +246,15 @@ impl Pool {
     /// the pool and its waiters are answered.
     pub(crate) fn committed(&self, id: &Hash, placement: Placement) {
         let mut inner = self.lock();
+        inner.settled += 1;
+        if inner.recent_ids.insert(*id) {
+            inner.recent.push_back(*id);
+            if inner.recent.len() > self.recent_capacity {
+                if let Some(old) = inner.recent.pop_front() {
+                    inner.recent_ids.remove(&old);
+                }
+            }
+        }
         if let Some(e) = inner.entries.remove(id) {
             inner.order.remove(&e.seq);
             if let Some(h) = &self.commit_latency {
@@ -296,10 +357,22 @@ mod tests {
         let (a, aa) = att(1);
         let (b, bb) = att(2);
         let (c, cc) = att(3);
-        assert_eq!(pool.insert(a, aa.clone()).unwrap(), Inserted::New);
-        assert_eq!(pool.insert(a, aa).unwrap(), Inserted::Present);
-        assert_eq!(pool.insert(b, bb).unwrap(), Inserted::New);
-        assert_eq!(pool.insert(c, cc).unwrap_err().name(), "OVERLOADED");
+        assert_eq!(
+            pool.insert(a, aa.clone(), pool.settled_mark()).unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            pool.insert(a, aa, pool.settled_mark()).unwrap(),
+            Inserted::Present
+        );
+        assert_eq!(
+            pool.insert(b, bb, pool.settled_mark()).unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            pool.insert(c, cc, pool.settled_mark()).unwrap_err().name(),
+            "OVERLOADED"
+        );
         assert_eq!(pool.len(), 2);
     }
 
@@ -308,7 +381,7 @@ mod tests {
         let pool = Pool::new(10);
         for n in 1..=5 {
             let (id, a) = att(n);
-            pool.insert(id, a).unwrap();
+            pool.insert(id, a, pool.settled_mark()).unwrap();
         }
         let first: Vec<Hash> = pool
             .take_for_block(3)
@@ -334,7 +407,7 @@ mod tests {
     fn commit_answers_waiters_and_removes() {
         let pool = Pool::new(10);
         let (id, a) = att(7);
-        pool.insert(id, a).unwrap();
+        pool.insert(id, a, pool.settled_mark()).unwrap();
         let mut rx = pool.wait_for(id).unwrap();
         pool.committed(&id, placement(4));
         assert_eq!(rx.try_recv().unwrap().unwrap().height, 4);
@@ -346,7 +419,7 @@ mod tests {
     fn refusal_reaches_waiters() {
         let pool = Pool::new(10);
         let (id, a) = att(8);
-        pool.insert(id, a).unwrap();
+        pool.insert(id, a, pool.settled_mark()).unwrap();
         let mut rx = pool.wait_for(id).unwrap();
         pool.refused(&id, ApiError::InvalidSignature);
         assert_eq!(
@@ -360,9 +433,40 @@ mod tests {
     fn expiry_drops_old_entries_only() {
         let pool = Pool::new(10);
         let (id, a) = att(9);
-        pool.insert(id, a).unwrap();
+        pool.insert(id, a, pool.settled_mark()).unwrap();
         assert_eq!(pool.expire(Duration::from_secs(3600)), 0);
         assert_eq!(pool.expire(Duration::ZERO), 1);
         assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn an_insert_that_raced_with_its_settling_is_refused_or_flagged() {
+        let pool = Pool::new(10).with_recent_capacity(2);
+        let settle = |n: u8| pool.committed(&att(n).0, placement(u64::from(n)));
+        // Settled while its signature check waited: refused.
+        let (a, aa) = att(1);
+        let mark = pool.settled_mark();
+        settle(1);
+        assert_eq!(pool.insert(a, aa, mark).unwrap(), Inserted::Settled);
+        assert_eq!(pool.len(), 0);
+        // Others settled meanwhile, within memory: new.
+        let (b, bb) = att(2);
+        let mark = pool.settled_mark();
+        settle(3);
+        assert_eq!(pool.insert(b, bb, mark).unwrap(), Inserted::New);
+        // More settled than remembered: inserted, and the caller must look.
+        let (c, cc) = att(4);
+        let mark = pool.settled_mark();
+        for n in 5..=7 {
+            settle(n);
+        }
+        assert_eq!(pool.insert(c, cc, mark).unwrap(), Inserted::Unsure);
+        assert_eq!(pool.len(), 2);
+        // The memory is bounded: the first id is forgotten.
+        let (a, aa) = att(1);
+        assert_eq!(
+            pool.insert(a, aa, pool.settled_mark()).unwrap(),
+            Inserted::New
+        );
     }
 }

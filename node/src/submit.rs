@@ -102,6 +102,7 @@ impl Node {
             .admitter
             .check(attestation.clone(), crate::admission::Checks::Client)
             .await?;
+        let mark = self.pool.settled_mark();
         if let Some(reply) = self.committed_reply(&id)? {
             return Ok(reply);
         }
@@ -118,7 +119,7 @@ impl Node {
         if let Some(reply) = self.committed_reply(&id)? {
             return Ok(reply);
         }
-        if self.insert_pending(id, attestation.clone())? {
+        if self.insert_pending(id, attestation.clone(), mark)? {
             self.gossip.send(attestation);
             self.wake_proposer.notify_one();
         }
@@ -158,23 +159,29 @@ impl Node {
 
     /// Puts an admitted attestation into the pending pool; true when it is
     /// newly pending there (the caller gossips it and wakes the proposer).
+    /// `mark` is [`Pool::settled_mark`](crate::pool::Pool::settled_mark),
+    /// taken before the caller looked for `id` in the state tables.
     ///
     /// The pool hears of commits from the follower task, which settles each
-    /// block's ids once, after the block is applied. Callers look for the
-    /// id in the state tables before this, but the signature check in
-    /// between can wait in the admission queue while the block is applied
-    /// and settled. An entry inserted after its block was settled would
-    /// stay pending until it expired: re-published to every validator
-    /// every few seconds, and holding pool capacity that clients then find
-    /// full. So this looks again after inserting: either that look sees
-    /// the block, or the block is settled after the insert.
+    /// block's ids once, after the block is applied. The signature check
+    /// between the caller's look and this insert can wait in the admission
+    /// queue while the block is applied and settled. An entry inserted
+    /// after its block was settled would stay pending until it expired:
+    /// re-published to every validator every few seconds, and holding pool
+    /// capacity that clients then find full. The pool catches that from
+    /// its memory of recently settled ids; when the wait outlasted that
+    /// memory, this looks in the tables again after inserting, and either
+    /// that look sees the block or the block is settled after the insert.
     pub(crate) fn insert_pending(
         &self,
         id: Hash,
         attestation: Attestation,
+        mark: u64,
     ) -> Result<bool, ApiError> {
-        if self.pool.insert(id, attestation)? == Inserted::Present {
-            return Ok(false);
+        match self.pool.insert(id, attestation, mark)? {
+            Inserted::New => return Ok(true),
+            Inserted::Present | Inserted::Settled => return Ok(false),
+            Inserted::Unsure => {}
         }
         match self.committed_reply(&id) {
             Ok(Some(SubmitReply {
