@@ -3,10 +3,9 @@
 //! leader right after loses none of them, and none is stored twice.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::{self, CONVERGE, START};
 
@@ -93,34 +92,21 @@ fn leader_killed_right_after_1000_pending_submissions_loses_none() {
 fn every_pending_pool_drains_once_its_attestations_are_committed() {
     let cluster = support::start(3);
     cluster.leader(START).expect("a leader");
-    let mut args: Vec<String> = vec!["bench".into(), "--rpc".into()];
-    args.extend(support::rpc_urls(&cluster));
-    args.extend(
-        [
+    let count = DRAIN_COUNT.to_string();
+    let report = support::bench_report(
+        &cluster,
+        &support::rpc_urls(&cluster),
+        &[
             "--count",
-            &DRAIN_COUNT.to_string(),
+            &count,
             "--concurrency",
             "500",
             "--wait",
             "committed",
             "--max-seconds",
             "180",
-            "--json",
-        ]
-        .map(String::from),
+        ],
     );
-    let output = Command::new(cluster.binary())
-        .args(&args)
-        .output()
-        .expect("run bizra-node bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().expect("a report")).expect("JSON report");
     assert_eq!(report["ok"], DRAIN_COUNT, "{report}");
 
     let deadline = Instant::now() + DRAIN;

@@ -358,10 +358,10 @@ fn resilience_bench_json_survives_a_leader_kill_9_and_reports_retries() {
         .filter(|&i| i != leader)
         .map(|i| cluster.rpc_url(i))
         .collect();
-    let mut args: Vec<String> = vec!["bench".into(), "--rpc".into()];
-    args.extend(survivors);
-    args.extend(
-        [
+    let report = support::bench_report(
+        &cluster,
+        &survivors,
+        &[
             "--count",
             "40",
             "--rate",
@@ -370,23 +370,8 @@ fn resilience_bench_json_survives_a_leader_kill_9_and_reports_retries() {
             "4",
             "--max-seconds",
             "60",
-            "--json",
-        ]
-        .map(String::from),
+        ],
     );
-    let output = Command::new(cluster.binary())
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run an open-loop bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --rate: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().expect("a report line")).expect("JSON");
     assert_eq!(report["ok"], 40, "{report}");
     assert_eq!(report["rate"], 200.0, "{report}");
     let lag = &report["start_lag_ms"];

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: starting a cluster, generous
 //! timeouts, and assertions on JSON-RPC errors and stored attestations.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bizra_testnet::{now_ms, Cluster, ClusterSpec, RpcError, SigningKey, TestnetError};
@@ -20,12 +21,35 @@ pub(crate) fn start(n: usize) -> Cluster {
         .unwrap_or_else(|e| panic!("start a {n}-node cluster: {e}"))
 }
 
-/// A fresh attester key.
 /// Every node's JSON-RPC URL, for `bizra-node bench --rpc`.
 pub(crate) fn rpc_urls(cluster: &Cluster) -> Vec<String> {
     (0..cluster.len()).map(|i| cluster.rpc_url(i)).collect()
 }
 
+/// Runs `bizra-node bench --rpc URLS… FLAGS… --json` to its end and
+/// returns its JSON report, the last line it prints; panics with its
+/// output if it fails.
+pub(crate) fn bench_report(cluster: &Cluster, urls: &[String], flags: &[&str]) -> Value {
+    let output = Command::new(cluster.binary())
+        .arg("bench")
+        .arg("--rpc")
+        .args(urls)
+        .args(flags)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bizra-node bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench {flags:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("a report line"))
+        .expect("the last line is the JSON report")
+}
+
+/// A fresh attester key.
 pub(crate) fn attester() -> SigningKey {
     bizra_testnet::new_attester().expect("OS randomness")
 }
