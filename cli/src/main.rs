@@ -21,6 +21,16 @@ use anyhow::{bail, Context, Result};
 use bizra_node::config::parse_setting;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc's malloc, for the daemon and every other
+/// command. A node's heap churns through blocks, requests and gossip
+/// frames for weeks. With glibc, `_int_malloc` grew from 3 % to 9 % of the
+/// nodes' CPU as the chain grew to a few million attestations, and the
+/// sustained rate fell by a quarter. With mimalloc it stayed level and the
+/// nodes' RSS stayed about 40 % lower (docs/PERFORMANCE.md, "The allocator
+/// of a long-running node").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// bizra-node: a validator for signed Proof-of-Impact attestations.
 #[derive(Parser)]
 #[command(name = "bizra-node", version, about, propagate_version = true)]
@@ -379,5 +389,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The allocator is a performance decision that is easy to lose in a
+    /// refactor of this file; nothing else would fail if it went.
+    #[test]
+    fn heap_memory_comes_from_mimalloc() {
+        let block = Box::new([7u8; 100]);
+        // SAFETY: the call only compares the address with mimalloc's
+        // reserved regions; it does not read or free the block.
+        let inside = unsafe { libmimalloc_sys::mi_is_in_heap_region(block.as_ptr().cast()) };
+        assert!(
+            inside,
+            "a Box was not allocated by mimalloc: the #[global_allocator] is missing"
+        );
     }
 }
