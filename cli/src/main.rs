@@ -24,10 +24,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// mimalloc instead of glibc's malloc, for the daemon and every other
 /// command. A node's heap churns through blocks, requests and gossip
 /// frames for weeks. With glibc, `_int_malloc` grew from 3 % to 9 % of the
-/// nodes' CPU as the chain grew to a few million attestations, and the
-/// sustained rate fell by a quarter. With mimalloc it stayed level and the
-/// nodes' RSS stayed about 40 % lower (docs/PERFORMANCE.md, "The allocator
-/// of a long-running node").
+/// nodes' CPU samples as the chain grew to a few million attestations, and
+/// the sustained rate fell by a quarter. With mimalloc the rate held, and
+/// RSS ended 15–30 % lower (docs/PERFORMANCE.md, "The allocator of a
+/// long-running node").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
