@@ -130,6 +130,14 @@ pub struct RaftSection {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and later purge the log) after this many entries.
     pub snapshot_every_entries: u64,
+    /// ... and only once the log since the last snapshot holds at least
+    /// this percentage of that snapshot's bytes. A snapshot rewrites the
+    /// whole state, so with a count alone its cost per attestation grows
+    /// with the state (and under light load, with tiny blocks, without
+    /// bound); with this, each logged byte costs at most 100 / percent
+    /// bytes of snapshot writes, and the log on disk stays below about
+    /// this share of the state. 0 = the entry count alone.
+    pub snapshot_log_percent: u64,
     /// Log entries kept behind the latest snapshot, so a follower that lags
     /// by fewer than this catches up from the log rather than a snapshot.
     pub logs_kept_after_snapshot: u64,
@@ -382,6 +390,7 @@ impl Default for RaftSection {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1_000,
             snapshot_every_entries: 10_000,
+            snapshot_log_percent: 50,
             logs_kept_after_snapshot: 1_000,
             max_payload_entries: 64,
             join: false,
@@ -660,6 +669,7 @@ pub const KEYS: &[KeySpec] = &[
     int("raft.election_timeout_min_ms", 11, 60_000),
     int("raft.election_timeout_max_ms", 12, 120_000),
     int("raft.snapshot_every_entries", 10, 10_000_000),
+    int("raft.snapshot_log_percent", 0, 10_000),
     int("raft.logs_kept_after_snapshot", 0, 10_000_000),
     int("raft.max_payload_entries", 1, 10_000),
     KeySpec {

@@ -29,6 +29,7 @@ mod proposer;
 mod receipt;
 mod rest;
 mod rpc;
+mod snapshots;
 pub mod submit;
 mod subscriptions;
 mod tasks;
@@ -174,15 +175,16 @@ pub async fn run_in(
     let signature_memory = state_machine.verifier();
     let finality_tables = log_store.store().finality();
     let storage_faults = log_store.store().faults();
+    let snapshot_store = log_store.store().clone();
     let raft_config = openraft::Config {
         cluster_name: genesis.chain_name.clone(),
         heartbeat_interval: config.raft.heartbeat_ms,
         election_timeout_min: config.raft.election_timeout_min_ms,
         election_timeout_max: config.raft.election_timeout_max_ms,
         max_payload_entries: config.raft.max_payload_entries,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-            config.raft.snapshot_every_entries,
-        ),
+        // Snapshots are triggered by the node's own rule (snapshots.rs),
+        // which adds a size condition to openraft's entry count.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
         install_snapshot_timeout: config.p2p.request_timeout_ms,
         ..Default::default()
@@ -322,6 +324,18 @@ pub async fn run_in(
             node.clone(),
             config.data_dir.clone(),
             config.storage.min_free_bytes,
+            stop_rx.clone(),
+        ),
+    );
+    tasks.spawn(
+        "snapshot-schedule",
+        snapshots::run(
+            node.clone(),
+            snapshot_store,
+            snapshots::SnapshotRule {
+                every_entries: config.raft.snapshot_every_entries,
+                log_percent: config.raft.snapshot_log_percent,
+            },
             stop_rx.clone(),
         ),
     );

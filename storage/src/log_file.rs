@@ -576,6 +576,30 @@ impl LogFile {
         })
     }
 
+    /// Bytes of the records of the visible entries after `index` (all of
+    /// them when `index` is below the first): how much log a snapshot at
+    /// `index` would let Raft purge. Counts what was appended, durable or
+    /// not; O(segments).
+    pub(crate) fn bytes_after(&self, index: u64) -> u64 {
+        let state = self.shared.lock();
+        let Some(first) = state.first_visible() else {
+            return 0;
+        };
+        let Some(from) = state.pos(index.saturating_add(1).max(first)) else {
+            return 0;
+        };
+        let whole: u64 = state
+            .segments
+            .range(from.segment + 1..)
+            .map(|(_, seg)| seg.len.saturating_sub(HEADER_LEN))
+            .sum();
+        let first_part = state
+            .segments
+            .get(&from.segment)
+            .map_or(0, |seg| seg.len.saturating_sub(from.offset));
+        first_part + whole
+    }
+
     /// How many rounds (one `fdatasync` per touched segment) have
     /// completed: with group commit this grows slower than
     /// [`LogFile::synced_requests`] under load.
@@ -897,6 +921,31 @@ mod tests {
         drop(log);
         let log = open(dir.path(), Some(30));
         assert_eq!(read_all(&log), vec![payload(31)]);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_index_count_the_later_records_across_segments() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = open_small(dir.path(), None, 200);
+        assert_eq!(log.bytes_after(0), 0, "an empty log");
+        append(&log, 1..=20).await;
+        assert!(segments(dir.path()).len() >= 5);
+        let record = |i: u64| (RECORD_HEAD + payload(i).len()) as u64;
+        let expected =
+            |after: u64, first: u64| -> u64 { (after.max(first - 1) + 1..=20).map(record).sum() };
+        for after in [0, 1, 5, 8, 13, 19, 20, 25] {
+            assert_eq!(log.bytes_after(after), expected(after, 1), "after {after}");
+        }
+        // Purged entries are no longer counted, even in a segment that
+        // still holds them.
+        log.purge(8).expect("purge");
+        for after in [0, 3, 8, 9, 20] {
+            assert_eq!(
+                log.bytes_after(after),
+                expected(after, 9),
+                "after {after}, purged to 8"
+            );
+        }
     }
 
     #[tokio::test]

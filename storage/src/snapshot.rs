@@ -72,6 +72,18 @@ impl SnapshotFile {
         self.dir.join(CURRENT)
     }
 
+    /// The size in bytes of the current snapshot's file, `None` when there
+    /// is none: what the next snapshot will roughly cost to write. A
+    /// metadata read only.
+    pub fn stored_bytes(&self) -> Result<Option<u64>> {
+        let path = self.path();
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("stat", path, e)),
+        }
+    }
+
     /// Removes the temporary files a crash can leave: `snapshot.tmp` (during
     /// [`SnapshotFile::save`]) and `snapshot.recv` (during
     /// [`SnapshotFile::create_receive_file`]). Neither is ever a snapshot

@@ -290,6 +290,13 @@ impl Store {
         &self.inner.snapshot
     }
 
+    /// Bytes of the Raft log's records after `index`: with the size of the
+    /// last snapshot, what decides whether a new snapshot is worth its
+    /// full write (`bizra-node`'s snapshot schedule).
+    pub fn raft_log_bytes_after(&self, index: u64) -> u64 {
+        self.inner.raft_log.bytes_after(index)
+    }
+
     pub(crate) fn log_file(&self) -> &LogFile {
         &self.inner.raft_log
     }

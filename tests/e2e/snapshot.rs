@@ -154,3 +154,79 @@ fn a_node_stopped_for_10k_entries_catches_up_by_snapshot() {
         support::assert_stored_as(&cluster, lagger, id, receipt);
     }
 }
+
+/// `raft.snapshot_log_percent`: once a node holds a snapshot, the entry
+/// count alone no longer starts the next one (a snapshot rewrites the
+/// whole state); the log since it must first hold that share of its
+/// bytes. Here the share is 100 times the snapshot, so many times the
+/// entry count passes without a second snapshot and the log stays
+/// unpurged; an operator's `admin_snapshot` still builds one at once.
+#[test]
+fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
+    const EVERY: i64 = 20;
+    let cluster = Cluster::start(
+        ClusterSpec::new(3)
+            .start_timeout(START)
+            .node_config("raft.snapshot_every_entries", EVERY)
+            .node_config("raft.logs_kept_after_snapshot", 0)
+            .node_config("raft.snapshot_log_percent", 10_000),
+    )
+    .expect("start a cluster with the size rule at 100x");
+    let leader = cluster.leader(START).expect("a leader");
+    let key = support::attester();
+    let status = |i: usize| cluster.call(i, "node_status", json!([])).expect("status");
+    let commit_blocks = |tag: &str, n: i64| {
+        // Sequential: one block, so one Raft entry, per commit.
+        for i in 0..n {
+            support::commit(
+                &cluster,
+                leader,
+                &support::valid(&cluster, &key, &format!("{tag}-{i}")),
+            );
+        }
+    };
+
+    // No snapshot yet: the entry count alone starts the first.
+    commit_blocks("first", EVERY + 5);
+    let first: Vec<u64> = (0..3)
+        .map(|i| {
+            bizra_testnet::wait_until(CONVERGE, "a first snapshot on the node", || {
+                let s = status(i);
+                s["snapshot_index"].as_u64().ok_or(format!("none yet: {s}"))
+            })
+            .expect("the entry count starts the first snapshot")
+        })
+        .collect();
+
+    // Five times the entry count: openraft's count alone would have built
+    // five more snapshots and purged the log behind each.
+    commit_blocks("later", 5 * EVERY);
+    cluster
+        .wait_converged(CONVERGE)
+        .expect("same head everywhere");
+    // The schedule checks every 200 ms; give a wrong build time to show.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for (i, first) in first.iter().enumerate() {
+        let s = status(i);
+        assert_eq!(s["snapshot_index"].as_u64(), Some(*first), "node {i}: {s}");
+        assert!(
+            s["purged_index"].as_u64().unwrap_or(0) <= *first,
+            "node {i} purged past its only snapshot: {s}"
+        );
+        assert!(
+            s["last_log_index"].as_u64().unwrap_or(0) >= first + 5 * EVERY as u64,
+            "node {i}: {s}"
+        );
+    }
+
+    // The operator's request is not subject to the rule.
+    let before = status(leader);
+    let snap = cluster
+        .admin_call(leader, "admin_snapshot", json!({}))
+        .expect("admin_snapshot");
+    assert!(
+        snap["snapshot_index"].as_u64() >= before["applied_index"].as_u64()
+            && snap["snapshot_index"].as_u64() > Some(first[leader]),
+        "{snap} vs {before}"
+    );
+}
