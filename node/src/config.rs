@@ -138,6 +138,11 @@ pub struct RaftSection {
     /// bytes of snapshot writes, and the log on disk stays below about
     /// this share of the state. 0 = the entry count alone.
     pub snapshot_log_percent: u64,
+    /// Build one after this many entries whatever `snapshot_log_percent`
+    /// says: a large state under light load (tiny blocks) would otherwise
+    /// keep millions of entries, and the log holds an in-memory position
+    /// per entry (24 bytes) and reads every entry at start.
+    pub snapshot_max_entries: u64,
     /// Log entries kept behind the latest snapshot, so a follower that lags
     /// by fewer than this catches up from the log rather than a snapshot.
     pub logs_kept_after_snapshot: u64,
@@ -391,6 +396,7 @@ impl Default for RaftSection {
             election_timeout_max_ms: 1_000,
             snapshot_every_entries: 10_000,
             snapshot_log_percent: 50,
+            snapshot_max_entries: 1_000_000,
             logs_kept_after_snapshot: 1_000,
             max_payload_entries: 64,
             join: false,
@@ -519,6 +525,16 @@ impl Config {
                 range: format!(
                     "{}..=60000 (above raft.heartbeat_ms)",
                     self.raft.heartbeat_ms + 1
+                ),
+            });
+        }
+        if self.raft.snapshot_max_entries < self.raft.snapshot_every_entries {
+            return Err(ConfigError::OutOfRange {
+                key: "raft.snapshot_max_entries",
+                value: self.raft.snapshot_max_entries.to_string(),
+                range: format!(
+                    "{}..=100000000 (at least raft.snapshot_every_entries)",
+                    self.raft.snapshot_every_entries
                 ),
             });
         }
@@ -670,6 +686,8 @@ pub const KEYS: &[KeySpec] = &[
     int("raft.election_timeout_max_ms", 12, 120_000),
     int("raft.snapshot_every_entries", 10, 10_000_000),
     int("raft.snapshot_log_percent", 0, 10_000),
+    // Also at least raft.snapshot_every_entries (checked in validate).
+    int("raft.snapshot_max_entries", 10, 100_000_000),
     int("raft.logs_kept_after_snapshot", 0, 10_000_000),
     int("raft.max_payload_entries", 1, 10_000),
     KeySpec {
@@ -1200,6 +1218,22 @@ mod tests {
         .unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_max_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_snapshot_entry_bounds_must_be_ordered() {
+        let c = Config::from_toml(
+            "[raft]\nsnapshot_every_entries = 5000\nsnapshot_max_entries = 4999\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("raft.snapshot_max_entries"), "{err}");
+        assert!(err.contains("5000..=100000000"), "{err}");
+        let c = Config::from_toml(
+            "[raft]\nsnapshot_every_entries = 5000\nsnapshot_max_entries = 5000\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

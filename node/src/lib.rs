@@ -335,6 +335,7 @@ pub async fn run_in(
             snapshots::SnapshotRule {
                 every_entries: config.raft.snapshot_every_entries,
                 log_percent: config.raft.snapshot_log_percent,
+                max_entries: config.raft.snapshot_max_entries,
             },
             stop_rx.clone(),
         ),

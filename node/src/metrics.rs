@@ -234,6 +234,10 @@ pub(crate) struct Metrics {
     raft_leader: Family<LeaderLabels, Gauge>,
     pub(crate) raft_last_log_index: Gauge,
     pub(crate) raft_applied_index: Gauge,
+    /// Set by the snapshot schedule (snapshots.rs) at every check.
+    pub(crate) raft_snapshot_index: Gauge,
+    pub(crate) raft_snapshot_bytes: Gauge,
+    pub(crate) raft_log_bytes_since_snapshot: Gauge,
     pub(crate) peers_connected: Gauge,
     peer_rtt: Family<PeerLabels, FloatGauge>,
     /// Caller side: each answered Raft RPC, request sent to answer decoded.
@@ -336,6 +340,9 @@ impl Metrics {
             raft_leader: Family::default(),
             raft_last_log_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
+            raft_snapshot_index: Gauge::default(),
+            raft_snapshot_bytes: Gauge::default(),
+            raft_log_bytes_since_snapshot: Gauge::default(),
             peers_connected: Gauge::default(),
             peer_rtt: Family::default(),
             raft_rpc: Family::new_with_constructor(raft_rpc_histogram),
@@ -451,6 +458,21 @@ impl Metrics {
             "bizra_raft_applied_index",
             "Index of the last Raft entry applied to this node's state machine",
             m.raft_applied_index.clone(),
+        );
+        r.register(
+            "bizra_raft_snapshot_index",
+            "Log index of this node's latest Raft snapshot (0 while it has none)",
+            m.raft_snapshot_index.clone(),
+        );
+        r.register(
+            "bizra_raft_snapshot_bytes",
+            "Size of this node's latest snapshot file (snapshot.current), what the next snapshot roughly costs to write",
+            m.raft_snapshot_bytes.clone(),
+        );
+        r.register(
+            "bizra_raft_log_bytes_since_snapshot",
+            "Bytes of Raft log records after the latest snapshot's index; the next snapshot waits until this reaches raft.snapshot_log_percent of bizra_raft_snapshot_bytes",
+            m.raft_log_bytes_since_snapshot.clone(),
         );
         r.register(
             "bizra_peers_connected",

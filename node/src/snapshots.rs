@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bizra_storage::Store;
 
+use crate::metrics::int;
 use crate::node::Node;
 
 /// How often the rule is checked: a snapshot a fraction of a second late
@@ -32,11 +33,13 @@ const CHECK_PERIOD: Duration = Duration::from_millis(200);
 /// (openraft logs a failed build) is given up, and the rule asked again.
 const BUILD_PATIENCE: Duration = Duration::from_secs(120);
 
-/// The rule: `raft.snapshot_every_entries` and `raft.snapshot_log_percent`.
+/// The rule: `raft.snapshot_every_entries`, `raft.snapshot_log_percent`
+/// and `raft.snapshot_max_entries`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SnapshotRule {
     pub(crate) every_entries: u64,
     pub(crate) log_percent: u64,
+    pub(crate) max_entries: u64,
 }
 
 impl SnapshotRule {
@@ -44,7 +47,8 @@ impl SnapshotRule {
     /// the last snapshot's index (`None`: there is none), `log_bytes` the
     /// Raft log's bytes after it and `snapshot_bytes` its file's size. The
     /// entry count is openraft's own rule (`LogsSinceLast`); without a
-    /// stored snapshot the count alone decides.
+    /// stored snapshot the count alone decides, and past `max_entries`
+    /// the size is not asked.
     pub(crate) fn due(
         &self,
         applied: u64,
@@ -59,6 +63,9 @@ impl SnapshotRule {
         if since < self.every_entries {
             return false;
         }
+        if since >= self.max_entries {
+            return true;
+        }
         match snapshot_bytes {
             None => true,
             Some(size) => {
@@ -68,10 +75,11 @@ impl SnapshotRule {
     }
 }
 
-/// Checks the rule every [`CHECK_PERIOD`] and asks openraft for a snapshot
-/// when it is due; one request per snapshot index (openraft ignores a
-/// request while a build runs, and would log a second build at the same
-/// index as a no-op).
+/// Checks the rule every [`CHECK_PERIOD`], publishes its inputs as the
+/// `bizra_raft_snapshot_*` and `bizra_raft_log_bytes_since_snapshot`
+/// gauges, and asks openraft for a snapshot when it is due. One request
+/// per snapshot index: openraft ignores a request while a build runs,
+/// and would log a second build at the same index as a no-op.
 pub(crate) async fn run(
     node: Arc<Node>,
     store: Store,
@@ -99,15 +107,9 @@ pub(crate) async fn run(
             let m = metrics.borrow();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
-        let Some(applied) = applied else { continue };
-        if requested.is_some_and(|(at, when)| at == snapshot && when.elapsed() < BUILD_PATIENCE) {
-            continue;
-        }
-        // The cheap half of the rule first: no file or log reads for
-        // most checks.
-        if !rule.due(applied, snapshot, u64::MAX, None) {
-            continue;
-        }
+        // Cheap enough for every check: the size is read again only when
+        // the snapshot changed, the log's bytes come from its in-memory
+        // positions.
         let snapshot_bytes = match size_of {
             Some((at, bytes)) if at == snapshot => bytes,
             _ => {
@@ -118,7 +120,9 @@ pub(crate) async fn run(
                         bytes
                     }
                     Ok(Err(e)) => {
+                        // Once per snapshot, not at every check.
                         tracing::warn!(error = %e, "snapshot schedule: cannot read the snapshot's size; using the entry count alone");
+                        size_of = Some((snapshot, None));
                         None
                     }
                     Err(e) => {
@@ -129,6 +133,15 @@ pub(crate) async fn run(
             }
         };
         let log_bytes = snapshot.map_or(u64::MAX, |s| store.raft_log_bytes_after(s));
+        let m = &node.metrics;
+        m.raft_snapshot_index.set(int(snapshot.unwrap_or(0)));
+        m.raft_snapshot_bytes.set(int(snapshot_bytes.unwrap_or(0)));
+        m.raft_log_bytes_since_snapshot
+            .set(int(snapshot.map_or(0, |_| log_bytes)));
+        let Some(applied) = applied else { continue };
+        if requested.is_some_and(|(at, when)| at == snapshot && when.elapsed() < BUILD_PATIENCE) {
+            continue;
+        }
         if !rule.due(applied, snapshot, log_bytes, snapshot_bytes) {
             continue;
         }
@@ -156,6 +169,7 @@ mod tests {
     const RULE: SnapshotRule = SnapshotRule {
         every_entries: 100,
         log_percent: 50,
+        max_entries: 1_000_000,
     };
 
     #[test]
@@ -170,10 +184,12 @@ mod tests {
 
     #[test]
     fn a_large_snapshot_waits_for_that_share_of_log() {
-        // A 1 GB snapshot: not before 500 MB of log, however many entries.
+        // A 1 GB snapshot: not before 500 MB of log ...
         let gb = 1 << 30;
         assert!(!RULE.due(1_000_000, Some(1000), gb / 2 - 1, Some(gb)));
         assert!(RULE.due(1_000_000, Some(1000), gb / 2, Some(gb)));
+        // ... unless the log holds max_entries entries since it.
+        assert!(RULE.due(1_001_000, Some(1000), 0, Some(gb)));
         // Percent 0 leaves the entry count alone; large values do not
         // overflow.
         let count_only = SnapshotRule {
@@ -185,7 +201,7 @@ mod tests {
             log_percent: 10_000,
             ..RULE
         };
-        assert!(!huge.due(u64::MAX, Some(0), u64::MAX, Some(u64::MAX)));
-        assert!(huge.due(u64::MAX, Some(0), u64::MAX, Some(u64::MAX / 100)));
+        assert!(!huge.due(999_999, Some(0), u64::MAX, Some(u64::MAX)));
+        assert!(huge.due(999_999, Some(0), u64::MAX, Some(u64::MAX / 100)));
     }
 }

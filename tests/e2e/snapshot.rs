@@ -209,6 +209,18 @@ fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
     for (i, first) in first.iter().enumerate() {
         let s = status(i);
         assert_eq!(s["snapshot_index"].as_u64(), Some(*first), "node {i}: {s}");
+        // What the rule saw, as operators see it: the log since the
+        // snapshot is below 100 times the snapshot's bytes.
+        let (index, snap_bytes, log_bytes) = (
+            gauge(&cluster, i, "bizra_raft_snapshot_index"),
+            gauge(&cluster, i, "bizra_raft_snapshot_bytes"),
+            gauge(&cluster, i, "bizra_raft_log_bytes_since_snapshot"),
+        );
+        assert_eq!(index, *first, "node {i}: the gauge");
+        assert!(
+            log_bytes > 0 && snap_bytes > 0 && log_bytes < 100 * snap_bytes,
+            "node {i}: log {log_bytes} B since a snapshot of {snap_bytes} B"
+        );
         assert!(
             s["purged_index"].as_u64().unwrap_or(0) <= *first,
             "node {i} purged past its only snapshot: {s}"
@@ -229,4 +241,22 @@ fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
             && snap["snapshot_index"].as_u64() > Some(first[leader]),
         "{snap} vs {before}"
     );
+}
+
+/// The value of an unlabelled gauge on node `i`'s `GET /metrics`.
+fn gauge(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let text = ureq::get(&format!("{}metrics", cluster.rpc_url(i)))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("text");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("node {i}: no {name} in {text}")) as u64
 }
