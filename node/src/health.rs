@@ -242,16 +242,7 @@ pub(crate) async fn watch_disk(
     let mut tick = tokio::time::interval(DISK_WATCH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_warned: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while crate::tasks::tick_or_stop(&mut tick, &mut stop).await {
         let dir = data_dir.clone();
         let db_dir = node.ops.db_dir.clone();
         let read = tokio::task::spawn_blocking(move || (free_bytes(&dir), dir_size(&db_dir, 2)));

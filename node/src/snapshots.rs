@@ -93,16 +93,7 @@ pub(crate) async fn run(
     let mut size_of: Option<(Option<u64>, Option<u64>)> = None;
     // The snapshot index a build was requested at, and when.
     let mut requested: Option<(Option<u64>, Instant)> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while crate::tasks::tick_or_stop(&mut tick, &mut stop).await {
         let (applied, snapshot) = {
             let m = metrics.borrow();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))

@@ -8,6 +8,25 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+/// Waits for `tick`'s next tick: `true`, or `false` once `stop` turns
+/// true or its sender is gone. The loop of a periodic task that must end
+/// at shutdown: `while tick_or_stop(&mut tick, &mut stop).await { … }`.
+pub(crate) async fn tick_or_stop(
+    tick: &mut tokio::time::Interval,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = tick.tick() => return true,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// The node's long-lived tasks.
 #[derive(Default)]
 pub(crate) struct Tasks {
@@ -58,5 +77,32 @@ impl Tasks {
             tracing::warn!("some tasks did not stop in time; aborting them");
             self.set.abort_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_periodic_loop_ticks_until_stop_and_ignores_a_false_change() {
+        let (tx, mut stop) = tokio::sync::watch::channel(false);
+        // Long enough that only the first, immediate tick comes in this test.
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        assert!(tick_or_stop(&mut tick, &mut stop).await, "the first tick");
+        // A change that does not say stop keeps it waiting for the tick.
+        tx.send(false).expect("receiver alive");
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            tick_or_stop(&mut tick, &mut stop),
+        )
+        .await;
+        assert!(waiting.is_err(), "returned on a change to false");
+        tx.send(true).expect("receiver alive");
+        assert!(!tick_or_stop(&mut tick, &mut stop).await, "stopped");
+        // A dropped sender also ends it.
+        let (tx, mut stop) = tokio::sync::watch::channel(false);
+        drop(tx);
+        assert!(!tick_or_stop(&mut tick, &mut stop).await, "sender gone");
     }
 }

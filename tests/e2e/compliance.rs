@@ -16,17 +16,7 @@ use crate::support::{self, CONVERGE, START};
 
 /// The score on node `i`'s `/metrics`.
 fn score(cluster: &Cluster, i: usize) -> Result<f64, String> {
-    let text = ureq::get(&format!("{}metrics", cluster.rpc_url(i)))
-        .call()
-        .map_err(|e| e.to_string())?
-        .into_string()
-        .map_err(|e| e.to_string())?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ahsan_compliance_score "))
-        .ok_or_else(|| "no ahsan_compliance_score sample".to_string())?
-        .trim()
-        .parse::<f64>()
-        .map_err(|e| e.to_string())
+    support::metric(cluster, i, "ahsan_compliance_score")
 }
 
 #[test]

@@ -125,13 +125,5 @@ fn every_pending_pool_drains_once_its_attestations_are_committed() {
 
 /// `bizra_pool_pending_attestations` of node `i`.
 fn pool_pending(cluster: &bizra_testnet::Cluster, i: usize) -> f64 {
-    let text = ureq::get(&format!("{}metrics", cluster.rpc_url(i)))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("bizra_pool_pending_attestations "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no bizra_pool_pending_attestations in {text}"))
+    support::metric(cluster, i, "bizra_pool_pending_attestations").expect("GET /metrics")
 }

@@ -175,6 +175,8 @@ fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
     let leader = cluster.leader(START).expect("a leader");
     let key = support::attester();
     let status = |i: usize| cluster.call(i, "node_status", json!([])).expect("status");
+    let gauge =
+        |i: usize, name: &str| support::metric(&cluster, i, name).expect("GET /metrics") as u64;
     let commit_blocks = |tag: &str, n: i64| {
         // Sequential: one block, so one Raft entry, per commit.
         for i in 0..n {
@@ -212,9 +214,9 @@ fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
         // What the rule saw, as operators see it: the log since the
         // snapshot is below 100 times the snapshot's bytes.
         let (index, snap_bytes, log_bytes) = (
-            gauge(&cluster, i, "bizra_raft_snapshot_index"),
-            gauge(&cluster, i, "bizra_raft_snapshot_bytes"),
-            gauge(&cluster, i, "bizra_raft_log_bytes_since_snapshot"),
+            gauge(i, "bizra_raft_snapshot_index"),
+            gauge(i, "bizra_raft_snapshot_bytes"),
+            gauge(i, "bizra_raft_log_bytes_since_snapshot"),
         );
         assert_eq!(index, *first, "node {i}: the gauge");
         assert!(
@@ -241,22 +243,4 @@ fn a_second_snapshot_waits_for_its_share_of_log_but_admin_forces_one() {
             && snap["snapshot_index"].as_u64() > Some(first[leader]),
         "{snap} vs {before}"
     );
-}
-
-/// The value of an unlabelled gauge on node `i`'s `GET /metrics`.
-fn gauge(cluster: &Cluster, i: usize, name: &str) -> u64 {
-    let text = ureq::get(&format!("{}metrics", cluster.rpc_url(i)))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("text");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("node {i}: no {name} in {text}")) as u64
 }

@@ -130,3 +130,19 @@ pub(crate) fn assert_not_found(cluster: &Cluster, node: usize, id: &str) {
     assert_eq!(err.code, bizra_testnet::codes::NOT_FOUND, "{err}");
     assert_eq!(err.data_code(), Some("NOT_FOUND"), "{err}");
 }
+
+/// The value of the unlabelled sample `name` on node `i`'s `GET /metrics`
+/// (Prometheus text), or why there is none.
+pub(crate) fn metric(cluster: &Cluster, i: usize, name: &str) -> Result<f64, String> {
+    let text = ureq::get(&format!("{}metrics", cluster.rpc_url(i)))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .ok_or_else(|| format!("node {i}: no {name} sample"))?
+        .trim()
+        .parse::<f64>()
+        .map_err(|e| format!("node {i}: {name}: {e}"))
+}
