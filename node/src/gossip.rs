@@ -32,8 +32,6 @@ pub(crate) const MAX_GOSSIP_BATCH: usize = 512;
 const REGOSSIP_EVERY: Duration = Duration::from_secs(2);
 /// Most entries re-published per tick.
 const REGOSSIP_MAX: usize = 4 * MAX_GOSSIP_BATCH;
-/// Most scheduler passes [`gather`] waits for a batch to grow.
-const MAX_GATHER_YIELDS: usize = 16;
 /// Outbound queue; when full, an attestation waits for the re-publish tick.
 const OUTBOUND_CAPACITY: usize = 16 * MAX_GOSSIP_BATCH;
 
@@ -81,36 +79,6 @@ async fn publish(node: &Node, attestations: Vec<Attestation>) {
     }
 }
 
-/// Before a batch is taken from the queue, lets the tasks that can run now
-/// (other submissions finishing admission) queue theirs first, for as long
-/// as the queue keeps growing, at most [`MAX_GATHER_YIELDS`] scheduler
-/// passes: what arrives together goes out as one message.
-///
-/// Every message costs the same whatever it carries: gossipsub signs it,
-/// each receiver verifies every copy it gets (two per message in a 3-node
-/// cluster) and keeps a delivery record for two minutes. Without this,
-/// batches at saturation held 2–7 attestations (the queue was drained as
-/// soon as one arrived); with it 30–40, for +24 % throughput and −21 % node
-/// CPU per attestation (docs/PERFORMANCE.md, "Gossip batching"). No timer:
-/// an idle node publishes after one pass, so a lone submission is not
-/// delayed (sequential p50 unchanged).
-/// Returns the number of passes it waited.
-async fn gather<T>(rx: &mpsc::Receiver<T>) -> usize {
-    let mut queued = rx.len();
-    for pass in 0..MAX_GATHER_YIELDS {
-        if queued + 1 >= MAX_GOSSIP_BATCH {
-            return pass;
-        }
-        tokio::task::yield_now().await;
-        let now = rx.len();
-        if now == queued {
-            return pass + 1;
-        }
-        queued = now;
-    }
-    MAX_GATHER_YIELDS
-}
-
 /// Publishes queued attestations in batches and re-publishes old pending
 /// ones, until shutdown.
 pub(crate) async fn run_outbound(
@@ -132,7 +100,7 @@ pub(crate) async fn run_outbound(
         tokio::select! {
             item = rx.recv() => {
                 let Some(first) = item else { return };
-                gather(&rx).await;
+                crate::tasks::gather(&rx, MAX_GOSSIP_BATCH).await;
                 let mut batch = vec![first];
                 while batch.len() < MAX_GOSSIP_BATCH {
                     match rx.try_recv() {
@@ -216,56 +184,5 @@ pub(crate) async fn on_message(node: &Node, from: [u8; 32], data: &[u8], verdict
         verdict.reject();
     } else {
         verdict.accept();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Single-threaded, so each pass of `gather` runs every other ready
-    /// task exactly once.
-    #[tokio::test(flavor = "current_thread")]
-    async fn gather_waits_while_the_queue_grows_and_one_pass_when_idle() {
-        let (tx, rx) = mpsc::channel::<u32>(1024);
-        // Five submissions that finish one scheduler pass apart.
-        for k in 0..5u32 {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                for _ in 0..k {
-                    tokio::task::yield_now().await;
-                }
-                tx.send(k).await.expect("queue open");
-            });
-        }
-        let passes = gather(&rx).await;
-        assert_eq!(rx.len(), 5, "all five go out in one batch");
-        assert_eq!(
-            passes, 6,
-            "five passes that grew the queue, one that did not"
-        );
-
-        // Idle: one pass, then publish.
-        let (_tx, idle) = mpsc::channel::<u32>(8);
-        assert_eq!(gather(&idle).await, 1);
-
-        // A steady stream is cut off after MAX_GATHER_YIELDS passes.
-        let (tx, busy) = mpsc::channel::<u32>(1024);
-        tokio::spawn(async move {
-            for k in 0..100u32 {
-                if tx.send(k).await.is_err() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        });
-        assert_eq!(gather(&busy).await, MAX_GATHER_YIELDS);
-
-        // A full batch waiting already: no pass at all.
-        let (tx, full) = mpsc::channel::<u32>(MAX_GOSSIP_BATCH);
-        for k in 0..MAX_GOSSIP_BATCH as u32 {
-            tx.try_send(k).expect("room");
-        }
-        assert_eq!(gather(&full).await, 0);
     }
 }
