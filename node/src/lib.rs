@@ -248,6 +248,12 @@ pub async fn run_in(
     );
     let admitter = admitter.with_metrics(metrics.clone());
     let (gossip_out, gossip_rx) = gossip::GossipOut::new();
+    let pool = Arc::new(
+        pool::Pool::new(config.admission.queue_capacity)
+            .with_commit_latency(metrics.submit_commit_latency.clone()),
+    );
+    let pending = pool.clone();
+    let applied = reader.clone();
     let (finality, finality_loop) = finality::finality(
         finality::FinalityConfig {
             chain_id,
@@ -255,6 +261,13 @@ pub async fn run_in(
             threshold: genesis.threshold(),
             key: key.clone(),
             vote_interval: Duration::from_millis(config.finality.vote_interval_ms),
+            next_block: Some(finality::NextBlock {
+                expected: Arc::new(move |height| match applied.block(height) {
+                    Ok(Some(block)) => pending.holds_other_than(&block.ids),
+                    _ => false,
+                }),
+                wait_at_most: finality::NEXT_BLOCK_WAIT,
+            }),
         },
         finality_tables,
         reader.clone(),
@@ -274,8 +287,7 @@ pub async fn run_in(
         reader,
         p2p: p2p.clone(),
         admitter,
-        pool: pool::Pool::new(config.admission.queue_capacity)
-            .with_commit_latency(metrics.submit_commit_latency.clone()),
+        pool,
         gossip: gossip_out,
         wake_proposer: tokio::sync::Notify::new(),
         finality,

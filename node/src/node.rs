@@ -5,6 +5,7 @@
 //! dispatcher. It holds no locks: Raft state is read through openraft's
 //! metrics watch channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bizra_consensus::{ChainReader, Raft};
@@ -28,7 +29,9 @@ pub(crate) struct Node {
     /// Admission checks with batched signature verification.
     pub(crate) admitter: Admitter,
     /// Admitted, not yet committed attestations, and the clients waiting.
-    pub(crate) pool: Pool,
+    /// Shared with the finality service, which asks whether more blocks
+    /// are coming.
+    pub(crate) pool: Arc<Pool>,
     /// Outbound attestation gossip.
     pub(crate) gossip: GossipOut,
     /// Wakes the proposer when the pool gains work.

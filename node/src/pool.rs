@@ -202,6 +202,18 @@ impl Pool {
         self.lock().entries.len()
     }
 
+    /// Whether attestations other than `ids` are pending: `ids` is a block
+    /// just applied, whose entries the settling task may not have removed
+    /// yet. Anything else pending goes into a later block.
+    pub(crate) fn holds_other_than(&self, ids: &[Hash]) -> bool {
+        let inner = self.lock();
+        let of_the_block = ids
+            .iter()
+            .filter(|id| inner.entries.contains_key(*id))
+            .count();
+        inner.entries.len() > of_the_block
+    }
+
     /// Walks the pool oldest first and returns up to `max` entries for
     /// which `pick` returns true (it may mark them as it goes).
     fn select(
@@ -374,6 +386,25 @@ mod tests {
             "OVERLOADED"
         );
         assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn a_just_applied_block_does_not_count_as_more_to_come() {
+        let pool = Pool::new(10);
+        assert!(!pool.holds_other_than(&[]), "empty");
+        let (a, aa) = att(1);
+        let (b, bb) = att(2);
+        pool.insert(a, aa, pool.settled_mark()).unwrap();
+        // Only the block's own entry, not settled yet: nothing else.
+        assert!(!pool.holds_other_than(&[a]));
+        // An id of the block that is not (or no longer) pending counts
+        // for nothing.
+        assert!(!pool.holds_other_than(&[a, b]));
+        pool.insert(b, bb, pool.settled_mark()).unwrap();
+        assert!(pool.holds_other_than(&[a]), "b waits for a later block");
+        pool.committed(&a, placement(1));
+        assert!(pool.holds_other_than(&[a]));
+        assert!(!pool.holds_other_than(&[b]));
     }
 
     #[test]
