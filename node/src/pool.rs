@@ -47,11 +47,26 @@ struct Inner {
     order: BTreeMap<u64, Hash>,
     next_seq: u64,
     waiters: HashMap<Hash, Vec<oneshot::Sender<WaitResult>>>,
+    /// Senders in `waiters`, kept so that registering a client does not
+    /// walk every waiting client under the lock.
+    waiting: usize,
     /// Calls of [`Pool::committed`] so far: callers' marks.
     settled: u64,
     /// The latest settled ids, oldest first, and the same as a set.
     recent: VecDeque<Hash>,
     recent_ids: HashSet<Hash>,
+}
+
+impl Inner {
+    /// Forgets the waiters whose clients gave up (their receivers are
+    /// dropped) and counts the rest again.
+    fn prune_waiters(&mut self) {
+        self.waiters.retain(|_, v| {
+            v.retain(|tx| !tx.is_closed());
+            !v.is_empty()
+        });
+        self.waiting = self.waiters.values().map(Vec::len).sum();
+    }
 }
 
 /// Outcome of [`Pool::insert`].
@@ -181,19 +196,15 @@ impl Pool {
     pub(crate) fn wait_for(&self, id: Hash) -> Result<oneshot::Receiver<WaitResult>, ApiError> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        let total: usize = inner.waiters.values().map(Vec::len).sum();
-        if total >= self.max_waiters {
+        if inner.waiting >= self.max_waiters {
             // Drop waiters whose clients gave up before refusing a new one.
-            inner.waiters.retain(|_, v| {
-                v.retain(|tx| !tx.is_closed());
-                !v.is_empty()
-            });
-            let total: usize = inner.waiters.values().map(Vec::len).sum();
-            if total >= self.max_waiters {
+            inner.prune_waiters();
+            if inner.waiting >= self.max_waiters {
                 return Err(self.overloaded());
             }
         }
         inner.waiters.entry(id).or_default().push(tx);
+        inner.waiting += 1;
         Ok(rx)
     }
 
@@ -223,7 +234,7 @@ impl Pool {
     ) -> Vec<(Hash, Attestation)> {
         let mut inner = self.lock();
         let Inner { entries, order, .. } = &mut *inner;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(entries.len()));
         for id in order.values() {
             if out.len() >= max {
                 break;
@@ -274,6 +285,7 @@ impl Pool {
             }
         }
         if let Some(waiters) = inner.waiters.remove(id) {
+            inner.waiting -= waiters.len();
             for tx in waiters {
                 let _ = tx.send(Ok(placement.clone()));
             }
@@ -288,6 +300,7 @@ impl Pool {
             inner.order.remove(&e.seq);
         }
         if let Some(waiters) = inner.waiters.remove(id) {
+            inner.waiting -= waiters.len();
             for tx in waiters {
                 let _ = tx.send(Err(error.clone()));
             }
@@ -331,10 +344,7 @@ impl Pool {
             inner.order.remove(seq);
             inner.entries.remove(id);
         }
-        inner.waiters.retain(|_, v| {
-            v.retain(|tx| !tx.is_closed());
-            !v.is_empty()
-        });
+        inner.prune_waiters();
         old.len()
     }
 }
@@ -458,6 +468,35 @@ mod tests {
             ApiError::InvalidSignature
         );
         assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn waiting_clients_are_capped_and_freed_by_answers_and_departures() {
+        let pool = Pool::new(2);
+        let overloaded = |r: Result<oneshot::Receiver<WaitResult>, ApiError>| {
+            r.map(|_| ()).unwrap_err().name() == "OVERLOADED"
+        };
+        let a = pool.wait_for([1; 32]).unwrap();
+        let _b = pool.wait_for([2; 32]).unwrap();
+        assert!(overloaded(pool.wait_for([3; 32])), "two is the cap");
+        // A client that gave up frees its place for the next one.
+        drop(a);
+        let _c = pool.wait_for([3; 32]).unwrap();
+        assert!(overloaded(pool.wait_for([4; 32])));
+        // So do answers: a commit and a refusal.
+        pool.committed(&[2; 32], placement(1));
+        let _d = pool.wait_for([4; 32]).unwrap();
+        pool.refused(&[3; 32], ApiError::InvalidSignature);
+        pool.refused(&[4; 32], ApiError::InvalidSignature);
+        let mut waiting = Vec::new();
+        for n in 5..7 {
+            waiting.push(pool.wait_for([n; 32]).unwrap());
+        }
+        assert!(overloaded(pool.wait_for([7; 32])));
+        // Expiry forgets the departed ones too.
+        waiting.clear();
+        pool.expire(Duration::from_secs(3600));
+        assert_eq!(pool.lock().waiting, 0);
     }
 
     #[test]

@@ -103,19 +103,26 @@ impl Node {
             .check(attestation.clone(), crate::admission::Checks::Client)
             .await?;
         let mark = self.pool.settled_mark();
-        if let Some(reply) = self.committed_reply(&id)? {
-            return Ok(reply);
-        }
+        // The waiter is registered before the one look in the state tables:
+        // a block applied after it answers the waiter, one applied before
+        // it is seen by the look. (A look is a point read that usually
+        // misses, through every memtable; one per submission, not two.)
         let waiter = match wait {
             Wait::None => None,
             _ => {
-                if self.raft.metrics().borrow().current_leader.is_none() {
-                    return Err(ApiError::no_leader());
+                let registered = if self.raft.metrics().borrow().current_leader.is_none() {
+                    Err(ApiError::no_leader())
+                } else {
+                    self.pool.wait_for(id)
+                };
+                match registered {
+                    Ok(waiter) => Some(waiter),
+                    // A duplicate is still answered without a leader or a
+                    // free waiting place.
+                    Err(e) => return self.committed_reply(&id)?.ok_or(e),
                 }
-                Some(self.pool.wait_for(id)?)
             }
         };
-        // It may have been applied between the first look and registering.
         if let Some(reply) = self.committed_reply(&id)? {
             return Ok(reply);
         }
