@@ -94,7 +94,7 @@ pub(crate) fn build_block(
     let parent_hash = head.map_or([0u8; 32], |h| h.hash);
 
     let mut outcomes = Vec::with_capacity(proposal.attestations.len());
-    let mut accepted: Vec<(Hash, Attestation)> = Vec::new();
+    let mut accepted: Vec<(Hash, Attestation)> = Vec::with_capacity(proposal.attestations.len());
     let mut in_block: HashMap<Hash, u32> = HashMap::new();
     for att in proposal.attestations {
         if let Err(e) = verifier.verify_strict_once(&att, chain_id) {

@@ -269,7 +269,8 @@ async fn run_verifier(
         // one hand-off instead of one per submission.
         let together = rx.len() + 1;
         crate::tasks::gather(&rx, MAX_VERIFY_BATCH).await;
-        let mut jobs = vec![first];
+        let mut jobs = Vec::with_capacity((rx.len() + 1).min(MAX_VERIFY_BATCH));
+        jobs.push(first);
         while jobs.len() < MAX_VERIFY_BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
@@ -303,7 +304,7 @@ fn verify_jobs(
 ) {
     let now = crate::now_ms();
     let mut clients = Vec::with_capacity(together.min(jobs.len()));
-    let mut strict = Vec::new();
+    let mut strict = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.into_iter().enumerate() {
         if let Err(e) = job.attestation.check_shape() {
             let _ = job.reply.send(Err(e.into()));
