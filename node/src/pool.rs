@@ -208,6 +208,24 @@ impl Pool {
         Ok(rx)
     }
 
+    /// Forgets the waiters of `id` whose clients left: a duplicate
+    /// submission answered from the state tables drops the waiter it had
+    /// registered before looking, and a storm of such answers would
+    /// otherwise fill the waiting places until the next expiry sweep.
+    pub(crate) fn forget_departed(&self, id: &Hash) {
+        let mut inner = self.lock();
+        let Some(waiting) = inner.waiters.get_mut(id) else {
+            return;
+        };
+        let before = waiting.len();
+        waiting.retain(|tx| !tx.is_closed());
+        let gone = before - waiting.len();
+        if waiting.is_empty() {
+            inner.waiters.remove(id);
+        }
+        inner.waiting -= gone;
+    }
+
     /// Attestations pending.
     pub(crate) fn len(&self) -> usize {
         self.lock().entries.len()
@@ -497,6 +515,22 @@ mod tests {
         waiting.clear();
         pool.expire(Duration::from_secs(3600));
         assert_eq!(pool.lock().waiting, 0);
+    }
+
+    #[test]
+    fn a_departed_waiter_is_forgotten_and_its_neighbours_still_answered() {
+        let pool = Pool::new(3);
+        let mut first = pool.wait_for([5; 32]).unwrap();
+        let second = pool.wait_for([5; 32]).unwrap();
+        let _other = pool.wait_for([6; 32]).unwrap();
+        drop(second);
+        pool.forget_departed(&[5; 32]);
+        assert_eq!(pool.lock().waiting, 2);
+        pool.forget_departed(&[7; 32]);
+        assert_eq!(pool.lock().waiting, 2, "nobody waits for that id");
+        pool.committed(&[5; 32], placement(2));
+        assert_eq!(first.try_recv().unwrap().unwrap().height, 2);
+        assert_eq!(pool.lock().waiting, 1);
     }
 
     #[test]

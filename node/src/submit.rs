@@ -124,6 +124,10 @@ impl Node {
             }
         };
         if let Some(reply) = self.committed_reply(&id)? {
+            if let Some(waiter) = waiter {
+                drop(waiter);
+                self.pool.forget_departed(&id);
+            }
             return Ok(reply);
         }
         if self.insert_pending(id, attestation.clone(), mark)? {
