@@ -67,6 +67,13 @@ impl Inner {
         });
         self.waiting = self.waiters.values().map(Vec::len).sum();
     }
+
+    /// Removes the waiters of `id` to answer them, keeping the count.
+    fn take_waiters(&mut self, id: &Hash) -> Vec<oneshot::Sender<WaitResult>> {
+        let taken = self.waiters.remove(id).unwrap_or_default();
+        self.waiting -= taken.len();
+        taken
+    }
 }
 
 /// Outcome of [`Pool::insert`].
@@ -302,11 +309,8 @@ impl Pool {
                 h.observe(e.admitted.elapsed().as_secs_f64());
             }
         }
-        if let Some(waiters) = inner.waiters.remove(id) {
-            inner.waiting -= waiters.len();
-            for tx in waiters {
-                let _ = tx.send(Ok(placement.clone()));
-            }
+        for tx in inner.take_waiters(id) {
+            let _ = tx.send(Ok(placement.clone()));
         }
     }
 
@@ -317,11 +321,8 @@ impl Pool {
         if let Some(e) = inner.entries.remove(id) {
             inner.order.remove(&e.seq);
         }
-        if let Some(waiters) = inner.waiters.remove(id) {
-            inner.waiting -= waiters.len();
-            for tx in waiters {
-                let _ = tx.send(Err(error.clone()));
-            }
+        for tx in inner.take_waiters(id) {
+            let _ = tx.send(Err(error.clone()));
         }
     }
 
